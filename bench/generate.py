@@ -1,0 +1,166 @@
+"""Throughput of `rlaif generate` against a bare hand-written `model.generate` loop, same work.
+
+    .venv/bin/python bench/generate.py [--n 4 --max-tokens 64 --reps 3 --out cpu.json]   # CPU, ~2-4 min
+    .venv/bin/python bench/generate.py --backend vllm --model /path/to/model   # GPU: bench/generate_vllm.py
+
+Useful tokens are counted the same way on both sides: generated tokens up to and including the
+first EOS. rlaif's side runs the real stage (fresh run_dir per repetition) and reads tokens and
+timing.generate_s from its manifest; model load is excluded on both sides. Repetitions are
+interleaved (bare, rlaif, bare, rlaif, ...) so drift in a shared machine's load hits both alike.
+Sampling makes token counts differ between runs: tok/s is what is compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: the stage's bar would garble our table
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TEMPERATURE, TOP_P = 0.8, 0.95  # the config defaults
+# rlaif's transformers backend builds GenerationConfig(top_k=None), which transformers 5.23 fills
+# with its default top_k=50; the bare loop must sample the same way (top_k=None as a generate()
+# kwarg really disables top-k and costs ~20% on CPU: top-p then sorts the whole vocabulary).
+TOP_K = 50
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--model", default="demo", help="model folder (default: the offline demo model)")
+    p.add_argument("--prompts", default=str(ROOT / "tests/assets/prompts.jsonl"))
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=None, help="default: all prompts in one shard")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", help="also write the result as JSON here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # vllm mode: one side, one repetition, in a child
+    p.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from rlaif.models import resolve_model
+
+    args.model = resolve_model(args.model)  # "demo" -> its cached folder, for the bare side too
+    return args
+
+
+def load_chats(args) -> list[list[dict]]:
+    from rlaif.io import read_prompts  # the stage's own reader: both sides see identical chats
+
+    return read_prompts(args.prompts)["messages"].to_list()
+
+
+def rlaif_run(args, rep: int, backend: str) -> dict:
+    """One real `rlaif generate` in a fresh run_dir; figures from its manifest."""
+    from rlaif.config import load_config
+    from rlaif.generate.stage import MANIFEST, run
+
+    shard = args.shard_size or len(load_chats(args))
+    with tempfile.TemporaryDirectory(prefix="rlaif-bench-") as d:
+        cfg = load_config(None, [f"run_dir={d}", f"model={args.model}", f"prompts={args.prompts}", f"seed={rep}",
+                                 f"generate.backend={backend}", f"generate.n={args.n}",
+                                 f"generate.max_tokens={args.max_tokens}", f"generate.temperature={TEMPERATURE}",
+                                 f"generate.top_p={TOP_P}", f"generate.batch_size={args.batch_size}",
+                                 f"generate.shard_size={shard}"])
+        run(cfg)
+        m = json.loads((cfg.round_dir() / MANIFEST).read_text())
+    t = m["timing"]
+    # wall_s - model_load_s adds the per-shard row building + parquet writes that generate_s leaves out
+    return {"tokens": m["tokens"]["completion"], "seconds": t["generate_s"],
+            "seconds_with_writes": round(t["wall_s"] - t["model_load_s"], 3)}
+
+
+class BareHF:
+    """The baseline: the ~30-line batched loop anyone would write by hand."""
+
+    def __init__(self, args) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.args, self.chats = args, load_chats(args)
+        self.tok = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32  # what rlaif's dtype=auto picks
+        self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(self.device).eval()
+        gen_eos = self.model.generation_config.eos_token_id
+        self.eos = {self.tok.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])} - {None}
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else min(self.eos)
+        self._generate(self.chats[:1], max_new_tokens=4)  # warm-up, untimed: first-call costs hit neither side
+
+    def _generate(self, chats, max_new_tokens):
+        enc = self.tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_dict=True,
+                                           return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=TEMPERATURE,
+                                      top_p=TOP_P, top_k=TOP_K, num_return_sequences=self.args.n,
+                                      eos_token_id=sorted(self.eos), pad_token_id=self.pad)
+        return out[:, enc["input_ids"].shape[1]:].tolist()
+
+    def __call__(self, rep: int) -> dict:
+        torch.manual_seed(rep)
+        bs, tokens, t0 = self.args.batch_size, 0, time.perf_counter()
+        for i in range(0, len(self.chats), bs):
+            rows = self._generate(self.chats[i:i + bs], self.args.max_tokens)
+            self.tok.batch_decode(rows, skip_special_tokens=True)  # rlaif decodes too; keep the work equal
+            for row in rows:  # useful tokens: up to and including the first EOS
+                tokens += next((k + 1 for k, t in enumerate(row) if t in self.eos), len(row))
+        return {"tokens": tokens, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def interleave(sides: dict, reps: int) -> dict[str, list[dict]]:
+    results = {name: [] for name in sides}
+    for rep in range(reps):
+        for name, fn in sides.items():
+            r = fn(rep)
+            r["tok_s"] = round(r["tokens"] / r["seconds"], 2)
+            results[name].append(r)
+            print(f"[rep {rep}] {name}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tok_s']} tok/s", flush=True)
+    for name in [n for n, rs in results.items() if "seconds_with_writes" in rs[0]]:  # a derived row, same runs
+        results[f"{name} (incl. shard writes)"] = [
+            {"tokens": r["tokens"], "seconds": r["seconds_with_writes"],
+             "tok_s": round(r["tokens"] / r["seconds_with_writes"], 2)} for r in results[name]]
+    return results
+
+
+def report(args, results: dict, baseline: str) -> dict:
+    """Print the markdown table; return (and maybe write) everything as JSON."""
+    med = {name: statistics.median(r["tok_s"] for r in rs) for name, rs in results.items()}
+    ratio = {n: round(v / med[baseline], 3) for n, v in med.items()}
+    print("\n| side | median tok/s | vs bare | per-rep tok/s | per-rep tokens |\n|---|---:|---:|---|---|")
+    for name, rs in results.items():
+        print(f"| {name} | {med[name]:.1f} | {ratio[name]:.3f} | {', '.join(str(r['tok_s']) for r in rs)} | "
+              f"{', '.join(str(r['tokens']) for r in rs)} |")
+    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "rep", "out")},
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                       "transformers": transformers.__version__, "threads": torch.get_num_threads()},
+           "results": results, "baseline": baseline, "median_tok_s": med, "ratio_vs_baseline": ratio}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.backend == "vllm":
+        import generate_vllm  # sibling file; vLLM is imported only there
+
+        return generate_vllm.main(args)
+    bare = BareHF(args)
+    results = interleave({"bare model.generate": bare, "rlaif generate": lambda r: rlaif_run(args, r, "transformers")},
+                         args.reps)
+    ratio = report(args, results, "bare model.generate")["ratio_vs_baseline"]["rlaif generate"]
+    print(f"\nrlaif / bare = {ratio:.3f} (target >= 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
