@@ -36,8 +36,10 @@ class TransformersBackend:
         self.eos_ids = sorted(e for e in eos if e is not None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         sample = cfg.temperature > 0
+        # transformers refuses num_return_sequences > 1 when greedy; the n answers would be equal anyway.
+        self.returns = cfg.n if sample else 1
         self.gen_config = GenerationConfig(
-            max_new_tokens=cfg.max_tokens, do_sample=sample, num_return_sequences=cfg.n,
+            max_new_tokens=cfg.max_tokens, do_sample=sample, num_return_sequences=self.returns,
             temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
             top_k=None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
         )
@@ -62,8 +64,8 @@ class TransformersBackend:
             body = row if stop is None else row[:stop]
             text = self.tokenizer.decode(body, skip_special_tokens=True)
             samples.append(Sample(text, len(body) + (stop is not None), "length" if stop is None else "stop"))
-        n = self.cfg.n
-        return [samples[i * n:(i + 1) * n] for i in range(len(prompts))]
+        r, copies = self.returns, self.cfg.n // self.returns
+        return [samples[i * r:(i + 1) * r] * copies for i in range(len(prompts))]
 
     def generate(self, prompts: list[list[int]], seed: int) -> list[list[Sample]]:
         import torch

@@ -120,6 +120,8 @@ def run(cfg: RunConfig) -> Path:
         return rdir / MANIFEST
     if g.adapter and not Path(g.adapter, "adapter_config.json").exists():
         raise UserError(f"generate.adapter {g.adapter}: no adapter_config.json there")
+    if g.temperature == 0 and g.n > 1:
+        print(f"generate: warning: temperature=0 (greedy) with n={g.n} gives {g.n} identical responses per prompt")
     tok, context = _tokenizer(model)
     plan = _plan(cfg, prompts, tok, context, fp)
     out = rdir / "candidates"
