@@ -21,8 +21,8 @@ RUN_DIR/config.yaml (it names API-key variables, never their values)."""
 
 STAGES = {
     "generate": ("rlaif.generate:run", "sample N candidate responses per prompt (vLLM or transformers)"),
-    "judge": (None, "judge candidates into audited preference pairs (not implemented yet)"),
-    "filter": (None, "filter judgments into DPO pairs (not implemented yet)"),
+    "judge": ("rlaif.judge.stage:run", "judge candidates into audited preference pairs (ledger, bias audit, filter)"),
+    "filter": ("rlaif.judge.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
     "train": (None, "DPO + LoRA on the round's pairs (not implemented yet)"),
     "evaluate": (None, "win rate and LC win rate vs the SFT model (not implemented yet)"),
     "run": (None, "all stages, round after round (not implemented yet)"),
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return _stage(args.cmd, args)
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("rlaif: interrupted; finished shards are kept, rerun to resume", file=sys.stderr)
         return 130

@@ -39,28 +39,34 @@ class GenerateConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    backend: Literal["openai", "local"] = "local"
-    model: str | None = Field(None, description="judge model name (openai) or path (local); default: the SFT model")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: OpenAI's")
+    backend: Literal["openai", "local"] = Field("local", description="openai: any OpenAI-compatible endpoint; local: in-process transformers")
+    model: str | None = Field(None, description="judge model name (openai) or folder (local; default: the SFT model)")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1; default: OpenAI's")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key")
-    mode: Literal["pairwise", "score"] = "pairwise"
-    strategy: Literal["best_vs_worst", "all_pairs"] = "best_vs_worst"
-    max_concurrency: int = Field(16, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    max_cost_usd: float | None = Field(None, ge=0)
-    max_calls: int | None = Field(None, ge=0)
+    mode: Literal["pairwise", "score"] = Field("pairwise", description="pairwise: both orders per pair; score: rubric score per response")
+    strategy: Literal["best_vs_worst", "all_pairs"] = Field(
+        "best_vs_worst", description="best_vs_worst: score all N then confirm top vs bottom in both orders (N+2 calls); all_pairs: N(N-1)")
+    concurrency: int = Field(16, ge=1, description="judge calls in flight at once (openai backend)")
+    batch_size: int = Field(8, ge=1, description="calls per forward pass (local backend)")
+    timeout_s: float = Field(60.0, gt=0, description="whole-request deadline, slow-dripping replies included")
+    max_retries: int = Field(6, ge=0, description="retries per call on 429/5xx/timeouts/connection errors")
+    max_backoff_s: float = Field(60.0, gt=0, description="longest backoff; a longer Retry-After pauses the run instead")
+    max_tokens: int = Field(8, ge=1, description="reply tokens: the verdict is one short token")
+    max_cost_usd: float | None = Field(None, ge=0, description="stop loudly when this much has been spent (ledger-wide)")
+    max_calls: int | None = Field(None, ge=0, description="stop loudly after this many paid calls (ledger-wide)")
     prices: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="model -> (input, output) USD per million tokens"
-    )
+        default_factory=dict, description="model -> [input, output] USD per million tokens")
     ledger: str | None = Field(None, description="SQLite ledger path, shareable across runs; default: in the round folder")
+    min_consistency: float = Field(0.6, ge=0, le=1, description="fail the round if position consistency is below this")
+    max_input_tokens: int = Field(8192, ge=64, description="judge context; longer inputs are rejected, not sent")
+    max_response_chars: int = Field(100_000, ge=1, description="longer candidate texts are rejected, not sent")
 
 
 class FilterConfig(Strict):
-    drop_length_truncated: bool = True
-    min_margin: float = Field(0.0, ge=0.0)
-    max_length_ratio: float | None = Field(3.0, gt=1.0)
-    balance_length: bool = False
+    drop_length_truncated: bool = Field(True, description="drop pairs where either response hit max_tokens")
+    min_margin: float = Field(0.0, ge=0.0, le=1.0, description="drop pairs whose margin (0..1) is below this")
+    max_length_ratio: float | None = Field(3.0, gt=1.0, description="drop pairs whose longer/shorter token ratio exceeds this")
+    balance_length: bool = Field(False, description="subsample so the chosen response is the longer one in ~chosen_longer_share of pairs")
     chosen_longer_share: float = Field(0.5, ge=0.0, le=1.0)
 
 

@@ -31,6 +31,44 @@ CANDIDATES_SCHEMA = pl.Schema({
     "seed": pl.Int64,
 })
 
+# One row per judge call outcome. `verdict` names a candidate, not a slot: "a" means a_id won,
+# whichever order it was shown in. Score calls (kind "score") judge a_id alone: verdict "score"
+# with score_a set, or "invalid"; b_id and order are null for them.
+JUDGMENTS_SCHEMA = pl.Schema({
+    "key": pl.String,
+    "prompt_id": pl.String,
+    "kind": pl.String,  # pairwise | score
+    "a_id": pl.String,
+    "b_id": pl.String,
+    "order": pl.String,  # ab (a_id shown first) | ba | null
+    "verdict": pl.String,  # a | b | tie | invalid | score
+    "score_a": pl.Float64,
+    "score_b": pl.Float64,
+    "p_a": pl.Float64,  # P(a_id wins) from logprobs, when the backend gives them
+    "judge_model": pl.String,
+    "template_version": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+    "latency_s": pl.Float64,
+    "error": pl.String,
+    "raw": pl.String,  # the judge's raw reply, kept for audit (invalid ones above all)
+})
+
+PAIRS_SCHEMA = pl.Schema({
+    "prompt_id": pl.String,
+    "messages": MESSAGES,
+    "chosen": pl.String,
+    "rejected": pl.String,
+    "chosen_id": pl.String,
+    "rejected_id": pl.String,
+    "margin": pl.Float64,
+    "consistent": pl.Boolean,
+    "chosen_tokens": pl.Int32,
+    "rejected_tokens": pl.Int32,
+    "round": pl.Int32,
+})
+
 ROLES = ("system", "user", "assistant")
 
 

@@ -1,0 +1,209 @@
+"""The filter stage: judgments -> DPO pairs, every removal named and counted.
+
+    rlaif filter --config configs/quickstart.yaml
+
+Reads RUN_DIR/round-K/judgments.parquet and the round's candidate shards, turns judge calls into
+one comparison per judged pair (both orders must agree, or there is no label), then drops
+comparisons through named filters in a fixed order. A comparison is removed by the first filter
+it fails, so the card adds up: comparisons_in == kept + sum(removed). Writes pairs.parquet, then
+pairs.card.json last. Filtering is cheap, so the stage always recomputes. Polars expressions
+only: no Python loop over rows (1M comparisons take about a second).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.config import FilterConfig, RunConfig
+from rlaif.errors import UserError
+from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
+
+FILTERS = ("invalid", "tie", "inconsistent", "truncated", "empty", "identical", "low_margin", "length_ratio",
+           "length_balance")
+VERDICTS = ("a", "b", "tie")
+SCALE = 8.0  # rubric scores run 1..9, so the widest gap is 8
+C = pl.col
+
+
+def _scores(judgments: pl.LazyFrame) -> pl.LazyFrame:
+    """(prompt_id, cid, score): the mean of each candidate's valid rubric scores."""
+    ok = (C("kind") == "score") & (C("verdict") == "score") & C("score_a").is_not_null()
+    return judgments.filter(ok).group_by("prompt_id", C("a_id").alias("cid")).agg(score=C("score_a").mean())
+
+
+def _pairwise(pw: pl.LazyFrame, scores: pl.LazyFrame) -> pl.LazyFrame:
+    v = C("verdict")
+    # Counts rather than a pivot on order: duplicate rows for one order must then agree too.
+    g = pw.group_by("prompt_id", "a_id", "b_id").agg(
+        bad=(~v.is_in(VERDICTS)).fill_null(True).any(),  # invalid, null or unknown verdict
+        has_ab=(C("order") == "ab").any(), has_ba=(C("order") == "ba").any(),
+        n_a=(v == "a").sum(), n_b=(v == "b").sum(), n_tie=(v == "tie").sum(), n=pl.len(),
+        p_ok=C("p_a").is_not_null().all(), p_a=C("p_a").mean())
+    outcome = (pl.when(C("bad") | ~C("has_ab") | ~C("has_ba")).then(pl.lit("invalid"))
+               .when((C("n_a") == C("n")) | (C("n_b") == C("n"))).then(pl.lit("label"))
+               .when(C("n_tie") == C("n")).then(pl.lit("tie"))
+               .otherwise(pl.lit("inconsistent")))  # a vs b, a vs tie, b vs tie: never a label
+    g = g.with_columns(outcome=outcome).with_columns(b_won=(C("outcome") == "label") & (C("n_b") == C("n")))
+    g = g.with_columns(chosen_id=pl.when("b_won").then("b_id").otherwise("a_id"),
+                       rejected_id=pl.when("b_won").then("a_id").otherwise("b_id"),
+                       p_chosen=pl.when("b_won").then(1 - C("p_a")).otherwise("p_a"))
+    g = (g.join(scores.rename({"cid": "chosen_id", "score": "s_c"}), on=["prompt_id", "chosen_id"], how="left")
+         .join(scores.rename({"cid": "rejected_id", "score": "s_r"}), on=["prompt_id", "rejected_id"], how="left"))
+    margin = (pl.when("p_ok").then(2 * C("p_chosen") - 1)
+              .when(C("s_c").is_not_null() & C("s_r").is_not_null()).then((C("s_c") - C("s_r")) / SCALE)
+              .otherwise(1.0).clip(0.0, 1.0))
+    return g.with_columns(margin=margin, source=pl.lit("pairwise"))
+
+
+def _score_only(scores: pl.LazyFrame, prompts: pl.LazyFrame) -> pl.LazyFrame:
+    """Best vs worst by score for prompts judged by score alone; ties in order broken by id."""
+    by = dict(by=["score", "cid"], descending=[True, False])
+    g = prompts.join(scores, on="prompt_id", how="left").group_by("prompt_id").agg(
+        chosen_id=C("cid").sort_by(**by).first(), rejected_id=C("cid").sort_by(**by).last(),
+        hi=C("score").max(), lo=C("score").min(), n=C("score").count())
+    outcome = (pl.when(C("n") < 2).then(pl.lit("invalid"))
+               .when(C("hi") == C("lo")).then(pl.lit("tie")).otherwise(pl.lit("label")))
+    return g.with_columns(outcome=outcome, margin=((C("hi") - C("lo")) / SCALE).clip(0.0, 1.0),
+                          source=pl.lit("score"))
+
+
+def compare(judgments: pl.DataFrame) -> pl.DataFrame:
+    """One row per comparison: prompt_id, chosen_id, rejected_id, outcome, consistent, margin, source.
+
+    outcome is label|invalid|tie|inconsistent; chosen/rejected are meaningful for labels only
+    (otherwise a_id/b_id, or best/worst by score), and margin is null for non-labels.
+    """
+    j = judgments.lazy()
+    scores = _scores(j)
+    pw = j.filter(C("kind") == "pairwise")
+    score_prompts = (j.filter(C("kind") == "score").select("prompt_id").unique()
+                     .join(pw.select("prompt_id").unique(), on="prompt_id", how="anti"))
+    cols = ["prompt_id", "chosen_id", "rejected_id", "outcome", "margin", "source"]
+    out = pl.concat([_pairwise(pw, scores).select(cols), _score_only(scores, score_prompts).select(cols)])
+    label = C("outcome") == "label"
+    return out.select(*cols[:4], consistent=label, margin=pl.when(label).then("margin"), source="source").collect(engine="streaming")
+
+
+def _candidates(candidates: pl.DataFrame) -> pl.LazyFrame:
+    """The per-candidate columns the filters need; text and messages are gathered for kept rows only."""
+    # Runs of whitespace -> one space. `\s{2,}|[^\S ]` rewrites only what changes, not every single
+    # space as `\s+` would: the same result, ~3x faster on long responses.
+    norm = C("response").fill_null("").str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
+    return candidates.lazy().select("candidate_id", "num_tokens", "finish_reason", norm=norm,
+                                    i=pl.int_range(pl.len(), dtype=pl.UInt32))
+
+
+def _join(comp: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+    cands = _candidates(candidates)
+    side = lambda s: cands.rename(lambda c: f"{s}_{c}")  # noqa: E731
+    df = (comp.lazy().join(side("c"), left_on="chosen_id", right_on="c_candidate_id", how="left")
+          .join(side("r"), left_on="rejected_id", right_on="r_candidate_id", how="left")
+          .with_row_index("idx").collect(engine="streaming"))
+    if len(df) != len(comp):  # only a duplicated candidate_id can add rows to a left join
+        dup = candidates.filter(C("candidate_id").is_duplicated())["candidate_id"]
+        raise UserError(f"candidates: candidate_id {dup[0]!r} appears more than once ({dup.n_unique()} such id(s)); "
+                        "the candidate shards are corrupt or mixed from two runs")
+    for s, col in (("c", "chosen_id"), ("r", "rejected_id")):
+        missing = df.filter(C(col).is_not_null() & C(f"{s}_i").is_null())[col]
+        if len(missing):
+            raise UserError(f"judgments reference candidate {missing[0]!r} missing from candidates "
+                            f"({missing.n_unique()} such id(s)); judgments and candidates come from different "
+                            "runs or rounds: rerun `rlaif judge` on these candidates")
+    return df
+
+
+def _reason(cfg: FilterConfig) -> pl.Expr:
+    """The first filter a comparison fails, or null if it passes them all (length_balance aside)."""
+    ct, rt = C("c_num_tokens").fill_null(0), C("r_num_tokens").fill_null(0)
+    checks = [
+        ("invalid", C("outcome") == "invalid"), ("tie", C("outcome") == "tie"),
+        ("inconsistent", C("outcome") == "inconsistent"),
+        ("truncated", pl.lit(cfg.drop_length_truncated)
+         & ((C("c_finish_reason") == "length") | (C("r_finish_reason") == "length")).fill_null(False)),
+        ("empty", (C("c_norm") == "") | (C("r_norm") == "")),
+        ("identical", C("c_norm") == C("r_norm")),
+        ("low_margin", C("margin") < cfg.min_margin),
+        ("length_ratio", pl.lit(cfg.max_length_ratio is not None)
+         & (pl.max_horizontal(ct, rt) / pl.max_horizontal(pl.min_horizontal(ct, rt), 1) > (cfg.max_length_ratio or 0))),
+    ]
+    expr = pl.when(checks[0][1]).then(pl.lit(checks[0][0]))
+    for name, cond in checks[1:]:
+        expr = expr.when(cond.fill_null(False)).then(pl.lit(name))
+    return expr.otherwise(pl.lit(None, pl.String))
+
+
+def _balance(df: pl.DataFrame, share: float) -> pl.DataFrame:
+    """Drop rows of the majority side (chosen longer, or not) so ~share of kept pairs have chosen longer.
+
+    Which rows go is fixed by a hash of chosen_id (ties by ids), so reruns agree without RNG state.
+    """
+    kept = df.filter(C("reason").is_null()).select("idx", "chosen_id", "rejected_id",
+                                                   longer=C("c_num_tokens") > C("r_num_tokens"))
+    n_long = int(kept["longer"].sum())
+    n_rest = len(kept) - n_long
+    if not len(kept) or n_long / len(kept) == share:
+        return df
+    if n_long / len(kept) > share:  # too many chosen-longer pairs: keep share/(1-share) per other pair
+        side, quota = True, round(share * n_rest / (1 - share))
+    else:
+        side, quota = False, round((1 - share) * n_long / share)
+    drop = (kept.filter(C("longer") == side).with_columns(h=C("chosen_id").hash(seed=0))
+            .sort("h", "chosen_id", "rejected_id").slice(quota)["idx"])
+    return df.with_columns(reason=pl.when(C("idx").is_in(drop.implode())).then(pl.lit("length_balance"))
+                           .otherwise("reason"))
+
+
+def filter_pairs(judgments: pl.DataFrame, candidates: pl.DataFrame, cfg: FilterConfig,
+                 round_: int) -> tuple[pl.DataFrame, dict]:
+    """(pairs in PAIRS_SCHEMA sorted by prompt_id, chosen_id; card with the count each filter removed)."""
+    df = _join(compare(judgments), candidates).with_columns(reason=_reason(cfg))
+    if cfg.balance_length:
+        df = _balance(df, cfg.chosen_longer_share)
+    counts = dict(df.group_by("reason").len().iter_rows())
+    kept = df.filter(C("reason").is_null()).sort("prompt_id", "chosen_id", "rejected_id")
+    text = candidates.select("messages", "response")
+    pairs = (kept.with_columns(messages=text["messages"].gather(kept["c_i"]), chosen=text["response"].gather(kept["c_i"]),
+                               rejected=text["response"].gather(kept["r_i"]))
+             .select("prompt_id", "messages", "chosen", "rejected", chosen_id="chosen_id", rejected_id="rejected_id", margin="margin", consistent="consistent",
+                     chosen_tokens="c_num_tokens", rejected_tokens="r_num_tokens", round=pl.lit(round_))
+             .select([C(k).cast(v) for k, v in PAIRS_SCHEMA.items()]))
+    card = {
+        "comparisons_in": len(df),
+        "removed": {name: int(counts.get(name, 0)) for name in FILTERS},
+        "kept": len(pairs),
+        "chosen_longer_share": (float((pairs["chosen_tokens"] > pairs["rejected_tokens"]).mean())
+                                if len(pairs) else None),
+        "mean_margin": float(pairs["margin"].mean()) if len(pairs) else None,
+        "config": cfg.model_dump(),
+    }
+    assert card["comparisons_in"] == card["kept"] + sum(card["removed"].values()), card  # every row accounted for
+    return pairs, card
+
+
+def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rdir = cfg.round_dir()
+    jpath = rdir / "judgments.parquet"
+    if not jpath.exists():
+        raise UserError(f"{jpath}: not found; run `rlaif judge` first")
+    parts = sorted((rdir / "candidates").glob("part-*.parquet"))
+    if not parts:
+        raise UserError(f"{rdir / 'candidates'}: no candidate shards; run `rlaif generate` first")
+    return (read_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments"),
+            read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates"))
+
+
+def run(cfg: RunConfig) -> Path:
+    """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
+    judgments, candidates = _read(cfg)
+    pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round)
+    rdir = cfg.round_dir()
+    path = write_parquet(rdir / "pairs.parquet", pairs, PAIRS_SCHEMA)
+    write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card})
+    n = max(card["comparisons_in"], 1)
+    print(f"filter: {card['comparisons_in']} comparisons -> {card['kept']} pairs -> {path}")
+    print(f"  {'removed by':<16}{'count':>10}{'share':>9}")
+    for name, k in card["removed"].items():
+        print(f"  {name:<16}{k:>10}{k / n:>9.1%}")
+    print(f"  {'kept':<16}{card['kept']:>10}{card['kept'] / n:>9.1%}")
+    return path

@@ -1,0 +1,86 @@
+"""The judge ledger: SQLite (WAL), one transaction per finished call; the source of truth.
+
+Before any call the ledger is consulted, and a key with a stored reply is never sent again, in
+this run or a rerun. judgments.parquet is derived from it. A call that never got a reply
+(connection errors, exhausted retries) is stored as status 'error' and is retried by a rerun.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.io import JUDGMENTS_SCHEMA, stable_id
+
+COLUMNS = ["key", "status", "prompt_id", "kind", "a_id", "b_id", "order", "verdict", "score_a", "score_b", "p_a",
+           "judge_model", "template_version", "input_tokens", "output_tokens", "cost_usd", "latency_s", "error",
+           "raw", "attempts", "request", "created_at"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+  key TEXT PRIMARY KEY, status TEXT NOT NULL, prompt_id TEXT, kind TEXT, a_id TEXT, b_id TEXT, "order" TEXT,
+  verdict TEXT, score_a REAL, score_b REAL, p_a REAL, judge_model TEXT, template_version TEXT,
+  input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL, error TEXT, raw TEXT,
+  attempts INTEGER, request TEXT, created_at REAL
+);
+"""
+
+
+def call_key(judge_model: str, template_version: str, params: dict, messages: list[dict], first: str,
+             second: str | None, order: str | None) -> str:
+    """hash(judge model, template version, sampling params, prompt, response A, response B, order)."""
+    return stable_id([judge_model, template_version, params, messages, first, second, order], n=32)
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def done_keys(self, keys: list[str]) -> set[str]:
+        """Keys with a stored reply (status 'done'): never to be sent again."""
+        found: set[str] = set()
+        for i in range(0, len(keys), 900):
+            chunk = keys[i:i + 900]
+            q = f"SELECT key FROM calls WHERE status='done' AND key IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.db.execute(q, chunk))
+        return found
+
+    def record(self, row: dict) -> None:
+        """One finished call, one transaction. 'done' is final; an 'error' row may be replaced later."""
+        row = {**row, "created_at": time.time()}
+        if isinstance(row.get("request"), dict):
+            row["request"] = json.dumps(row["request"], sort_keys=True)
+        cols = [c for c in COLUMNS if c in row]
+        sql = (f"INSERT INTO calls ({','.join(f'{chr(34)}{c}{chr(34)}' for c in cols)}) VALUES "
+               f"({','.join('?' * len(cols))}) ON CONFLICT(key) DO UPDATE SET "
+               + ",".join(f'"{c}"=excluded."{c}"' for c in cols if c != "key")
+               + " WHERE calls.status != 'done'")
+        self.db.execute(sql, [row[c] for c in cols])
+
+    def spent(self) -> tuple[int, float]:
+        """(calls with a reply, dollars) over the whole ledger: budgets cover reruns too."""
+        n, cost = self.db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM calls WHERE status='done'").fetchone()
+        return int(n), float(cost)
+
+    def frame(self, keys: list[str] | None = None) -> pl.DataFrame:
+        """Judgments for the given keys (default: all finished calls), in the judgments schema."""
+        cols = ",".join(f'"{c}"' for c in JUDGMENTS_SCHEMA)
+        rows = list(self.db.execute(f"SELECT {cols} FROM calls WHERE status='done'"))
+        df = pl.DataFrame(rows, schema=JUDGMENTS_SCHEMA, orient="row")
+        if keys is not None:
+            df = df.filter(pl.col("key").is_in(keys))
+        return df.sort("key")
+
+    def attempts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT key, attempts FROM calls"))

@@ -1,0 +1,553 @@
+"""A scripted OpenAI-compatible judge server for tests (standard library only).
+
+    python tests/fake_openai_server.py --port 0 [--api-key K] [--seed 0] [--latency 0.0] [--policy hash]
+
+Prints ``PORT <n>`` as its first stdout line, then serves until killed. It speaks enough of the
+chat-completions API for the real ``openai`` client: it reads the fenced data blocks of rlaif's judge
+templates (``<<<BEGIN_DATA id=X>>>`` ... ``<<<END_DATA id=X>>>``, ids conversation/A/B or
+conversation/R), answers as a scripted judge (see POLICIES), and injects faults on demand.
+
+Endpoints
+  GET  /health               200 {"status": "ok"}
+  GET  /v1/models            one model, "fake-judge"
+  POST /v1/chat/completions  the judge (Bearer auth when --api-key or $FAKE_OPENAI_API_KEY is set)
+  POST /_control             JSON, every key optional:
+         {"policy": "hash"|"longer"|"first"|"quality"|"flip:P",
+          "latency_s": float,            # sleep before every chat reply
+          "faults": [fault, ...],        # REPLACES the FIFO queue; each next chat request takes one
+          "add_faults": [fault, ...],    # appends to the queue
+          "storm": {fault..., "rate": p} | null,   # each chat request (with no queued fault) gets
+                                                   # the fault with probability p while set
+          "seed": int,                   # reseed the flip and storm generators
+          "reset": true}                 # clear /_stats
+       replies with the resulting settings.
+  GET  /_stats               {"requests", "ok", "by_body", "ok_by_body", "max_in_flight", "in_flight",
+                              "unauthorized", "faults": {type: count}}
+
+Faults: {"type": "429", "retry_after": s (optional; float ok), "retry_after_ms": ms (optional)},
+{"type": "quota"}, {"type": "500"}, {"type": "503"}, {"type": "hang", "seconds": s},
+{"type": "drip", "seconds": s, "chunks": n (optional; default one byte per chunk)},
+{"type": "drop"},
+{"type": "malformed", "content_type": str (optional; default application/json)},
+{"type": "empty_choices"}, {"type": "text", "content": str}, {"type": "length", "content": str}.
+
+"requests" counts every chat request received (401s included); "ok" counts 200 replies that carry a
+policy verdict (plain, "hang" and "drip" replies) and were written in full to a client that was still
+connected. by_body/ok_by_body key on sha256(json.dumps(messages, sort_keys=True)).
+
+Nothing is written to stdout after the PORT line; errors go to stderr, never with request headers,
+bodies or the API key.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODEL = "fake-judge"
+BLOCK = re.compile(r"<<<BEGIN_DATA id=([A-Za-z0-9_]+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.DOTALL)
+GOOD = re.compile(r"\bGOOD\b")
+FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length"}
+FILLER = ["The", "Response", "Both", "Neither", "**", "I"]  # non-label tokens to pad top_logprobs
+
+
+class BadControl(ValueError):
+    pass
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def body_key(messages) -> str:
+    return sha(json.dumps(messages, sort_keys=True))
+
+
+def text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def check_policy(policy: str) -> str:
+    if policy in ("hash", "longer", "first", "quality"):
+        return policy
+    if policy.startswith("flip:"):
+        try:
+            p = float(policy[5:])
+        except ValueError:
+            p = -1.0
+        if 0.0 <= p <= 1.0:
+            return policy
+    raise BadControl(f"unknown policy {policy!r}")
+
+
+def check_fault(fault) -> dict:
+    if not isinstance(fault, dict) or str(fault.get("type")) not in FAULT_TYPES:
+        raise BadControl(f"unknown fault {fault!r}; types: {sorted(FAULT_TYPES)}")
+    return {**fault, "type": str(fault["type"])}
+
+
+class State:
+    """Settings and counters shared by the handler threads; everything under one lock."""
+
+    def __init__(self, api_key: str | None, policy: str, seed: int, latency: float):
+        self.lock = threading.Lock()
+        self.api_key = api_key
+        self.policy = check_policy(policy)
+        self.latency = latency
+        self.faults: deque[dict] = deque()
+        self.storm: dict | None = None
+        self.reseed(seed)
+        self.reset_stats()
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.flip_rng = random.Random(seed)
+        self.storm_rng = random.Random(seed + 7919)
+
+    def reset_stats(self) -> None:
+        self.requests = 0
+        self.ok = 0
+        self.unauthorized = 0
+        self.by_body: Counter[str] = Counter()
+        self.ok_by_body: Counter[str] = Counter()
+        self.fault_counts: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def settings(self) -> dict:
+        return {"policy": self.policy, "latency_s": self.latency, "faults": list(self.faults),
+                "storm": self.storm, "seed": self.seed}
+
+    def control(self, cmd: dict) -> dict:
+        if not isinstance(cmd, dict):
+            raise BadControl("control body must be a JSON object")
+        unknown = set(cmd) - {"policy", "latency_s", "faults", "add_faults", "storm", "seed", "reset"}
+        if unknown:
+            raise BadControl(f"unknown control keys {sorted(unknown)}")
+        with self.lock:
+            if "policy" in cmd:
+                self.policy = check_policy(str(cmd["policy"]))
+            if "latency_s" in cmd:
+                self.latency = max(0.0, float(cmd["latency_s"]))
+            if "faults" in cmd:
+                self.faults = deque(check_fault(f) for f in (cmd["faults"] or []))
+            if "add_faults" in cmd:
+                self.faults.extend(check_fault(f) for f in (cmd["add_faults"] or []))
+            if "storm" in cmd:
+                storm = cmd["storm"]
+                if storm is not None:
+                    storm = check_fault(storm)
+                    rate = float(storm.get("rate", 1.0))
+                    if not 0.0 <= rate <= 1.0:
+                        raise BadControl("storm rate must be within [0, 1]")
+                    storm["rate"] = rate
+                self.storm = storm
+            if "seed" in cmd:
+                self.reseed(int(cmd["seed"]))
+            if cmd.get("reset"):
+                in_flight = self.in_flight
+                self.reset_stats()
+                self.in_flight = in_flight
+            return self.settings()
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"requests": self.requests, "ok": self.ok, "by_body": dict(self.by_body),
+                    "ok_by_body": dict(self.ok_by_body), "max_in_flight": self.max_in_flight,
+                    "in_flight": self.in_flight, "unauthorized": self.unauthorized,
+                    "faults": dict(self.fault_counts)}
+
+    def received(self, key: str | None) -> None:
+        with self.lock:
+            self.requests += 1
+            if key is not None:
+                self.by_body[key] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def take_fault(self) -> dict | None:
+        with self.lock:
+            fault = self.faults.popleft() if self.faults else None
+            if fault is None and self.storm is not None and self.storm_rng.random() < self.storm["rate"]:
+                fault = dict(self.storm)
+            if fault is not None:
+                self.fault_counts[fault["type"]] += 1
+            return fault
+
+    def flip(self, p: float) -> bool:
+        with self.lock:
+            return self.flip_rng.random() < p
+
+
+# ----------------------------------------------------------------------------- the scripted judge
+
+def hash_pairwise(a: str, b: str) -> str:
+    ha, hb = sha(a), sha(b)
+    return "tie" if ha == hb else ("A" if ha < hb else "B")
+
+
+def hash_score(r: str) -> int:
+    return 1 + int(sha(r), 16) % 9
+
+
+def judge(state: State, blocks: dict[str, str]) -> tuple[str, str]:
+    """(kind, verdict): kind 'pairwise' with verdict A/B/tie, or 'score' with a digit."""
+    with state.lock:
+        policy = state.policy
+    if "A" in blocks and "B" in blocks:
+        a, b = blocks["A"], blocks["B"]
+        if policy == "longer":
+            v = "tie" if len(a) == len(b) else ("A" if len(a) > len(b) else "B")
+        elif policy == "first":
+            v = "A"
+        elif policy == "quality" and bool(GOOD.search(a)) != bool(GOOD.search(b)):
+            v = "A" if GOOD.search(a) else "B"
+        else:
+            v = hash_pairwise(a, b)
+            if policy.startswith("flip:") and state.flip(float(policy[5:])):
+                v = {"A": "B", "B": "A"}.get(v, v)
+        return "pairwise", v
+    r = blocks["R"]
+    if policy == "longer":
+        s = min(9, 1 + len(r) // 40)
+    elif policy == "first":
+        s = 5
+    elif policy == "quality":
+        s = 7 + int(sha(r), 16) % 3 if GOOD.search(r) else 1 + int(sha(r), 16) % 4
+    else:
+        s = hash_score(r)
+        if policy.startswith("flip:") and state.flip(float(policy[5:])):
+            s = 10 - s
+    return "score", str(s)
+
+
+def top_candidates(kind: str, verdict: str) -> list[tuple[str, float]]:
+    """(token, probability) for the first token, most likely first, consistent with the verdict."""
+    if kind == "pairwise":
+        if verdict == "tie":
+            cands = [("tie", 0.6), ("A", 0.2), ("B", 0.15)]
+        else:
+            loser = "B" if verdict == "A" else "A"
+            cands = [(verdict, 0.8), (loser, 0.14), ("tie", 0.04)]
+    else:
+        s = int(verdict)
+        probs = {s: 0.6, s - 1: 0.15, s + 1: 0.15, s - 2: 0.04, s + 2: 0.04}
+        cands = sorted(((str(d), p) for d, p in probs.items() if 1 <= d <= 9), key=lambda t: -t[1])
+    base = max(1e-4, min(1.0 - sum(p for _, p in cands), cands[-1][1]))  # below every label, within the mass left
+    filler = [(tok, base * 0.5 ** (i + 2)) for i, tok in enumerate(FILLER)]
+    return cands + filler
+
+
+def logprobs_block(kind: str, verdict: str, n: int) -> dict:
+    cands = top_candidates(kind, verdict)
+    chosen = dict(cands)[verdict]
+    top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in cands[:max(0, n)]]
+    return {"content": [{"token": verdict, "logprob": math.log(chosen), "bytes": None,
+                         "top_logprobs": top}], "refusal": None}
+
+
+def completion(req: dict, content: str, *, finish: str = "stop", logprobs: dict | None = None,
+               choices: bool = True) -> dict:
+    prompt = "".join(text_of(m.get("content")) for m in req.get("messages") or [] if isinstance(m, dict))
+    ptok, ctok = len(prompt) // 4, max(1, (len(content) + 3) // 4)
+    choice = {"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+              "logprobs": logprobs, "finish_reason": finish}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": str(req.get("model") or MODEL), "choices": [choice] if choices else [],
+            "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok},
+            "system_fingerprint": "fp_fake"}
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-openai/1"
+    sys_version = ""
+    state: State  # set on the class by main()
+
+    def log_message(self, format, *args):  # no access log: quiet stdout/stderr
+        pass
+
+    # -- plumbing
+
+    def head(self, status: int, length: int, content_type: str = "application/json",
+             extra: dict | None = None) -> bytes:
+        reason = self.responses.get(status, ("",))[0]
+        lines = [f"HTTP/1.1 {status} {reason}", f"Date: {self.date_time_string()}",
+                 f"Server: {self.server_version}", f"Content-Type: {content_type}", f"Content-Length: {length}",
+                 f"x-request-id: req_{uuid.uuid4().hex[:16]}"]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def peer_gone(self) -> bool:
+        """True when the client has already closed its end (e.g. after its own timeout)."""
+        try:
+            r, _, _ = select.select([self.connection], [], [], 0)
+            return bool(r) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def send(self, status: int, body: bytes, content_type: str = "application/json",
+             extra: dict | None = None) -> bool:
+        """Write a whole reply; False when the client had gone or the write failed."""
+        if self.peer_gone():
+            self.close_connection = True
+            return False
+        try:
+            self.wfile.write(self.head(status, len(body), content_type, extra) + body)
+            self.wfile.flush()
+            return True
+        except OSError:
+            self.close_connection = True
+            return False
+
+    def send_json(self, status: int, obj, extra: dict | None = None) -> bool:
+        return self.send(status, json.dumps(obj).encode(), extra=extra)
+
+    def read_json(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        return json.loads(raw or b"null")
+
+    def authorized(self) -> bool:
+        key = self.state.api_key
+        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
+
+    # -- routes
+
+    def do_GET(self):
+        try:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path == "/health":
+                self.send_json(200, {"status": "ok"})
+            elif path == "/_stats":
+                self.send_json(200, self.state.stats())
+            elif path == "/v1/models":
+                if not self.authorized():
+                    self.send_json(401, error_body("Incorrect API key provided.", "invalid_request_error",
+                                                   "invalid_api_key"))
+                else:
+                    self.send_json(200, {"object": "list", "data": [
+                        {"id": MODEL, "object": "model", "created": 0, "owned_by": "rlaif-tests"}]})
+            else:
+                self.send_json(404, error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
+        except Exception:
+            self.internal_error()
+
+    def do_POST(self):
+        path = self.path.split("?", 1)[0].rstrip("/")
+        try:
+            if path == "/_control":
+                try:
+                    self.send_json(200, self.state.control(self.read_json()))
+                except (BadControl, ValueError, TypeError) as e:
+                    self.send_json(400, error_body(str(e), "invalid_request_error", "bad_control"))
+            elif path == "/v1/chat/completions":
+                self.chat()
+            else:
+                self.read_json()
+                self.send_json(404, error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
+        except Exception:
+            self.internal_error()
+
+    def internal_error(self):
+        print(f"fake_openai_server: error handling {self.command} {self.path.split('?', 1)[0]}:\n"
+              f"{traceback.format_exc(limit=4)}", file=sys.stderr, flush=True)
+        self.close_connection = True
+        try:
+            self.send_json(500, error_body("fake server bug (see its stderr)", "server_error", None))
+        except Exception:
+            pass
+
+    def chat(self):
+        st = self.state
+        try:
+            req = self.read_json()
+        except ValueError:
+            st.received(None)
+            st.done()
+            self.send_json(400, error_body("We could not parse the JSON body of your request.",
+                                           "invalid_request_error", None))
+            return
+        messages = req.get("messages") if isinstance(req, dict) else None
+        st.received(body_key(messages) if messages is not None else None)
+        try:
+            self.chat_reply(req if isinstance(req, dict) else {}, messages)
+        finally:
+            st.done()
+
+    def chat_reply(self, req: dict, messages):
+        st = self.state
+        if not self.authorized():
+            with st.lock:
+                st.unauthorized += 1
+            self.send_json(401, error_body("Incorrect API key provided. You can find your API key at "
+                                           "https://platform.openai.com/account/api-keys.",
+                                           "invalid_request_error", "invalid_api_key"))
+            return
+        if not isinstance(messages, list) or not messages:
+            self.send_json(400, error_body("'messages' is a required property", "invalid_request_error",
+                                           None, "messages"))
+            return
+        with st.lock:
+            latency = st.latency
+        if latency:
+            time.sleep(latency)
+        fault = st.take_fault()
+        kind = fault["type"] if fault else None
+
+        if kind == "429":
+            extra = {}
+            if fault.get("retry_after") is not None:
+                ra = float(fault["retry_after"])
+                extra["Retry-After"] = str(int(ra)) if ra.is_integer() else repr(ra)
+            if fault.get("retry_after_ms") is not None:
+                extra["retry-after-ms"] = str(fault["retry_after_ms"])
+            extra["x-ratelimit-remaining-requests"] = "0"
+            self.send_json(429, error_body(f"Rate limit reached for {MODEL} on requests per min (RPM): "
+                                           "Limit 60, Used 60, Requested 1. Please try again later.",
+                                           "requests", "rate_limit_exceeded", "requests"), extra)
+            return
+        if kind == "quota":
+            self.send_json(429, error_body("You exceeded your current quota, please check your plan and billing "
+                                           "details. For more information on this error, read the docs: "
+                                           "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                                           "insufficient_quota", "insufficient_quota"))
+            return
+        if kind == "500":
+            self.send_json(500, error_body("The server had an error while processing your request. Sorry about "
+                                           "that!", "server_error", None))
+            return
+        if kind == "503":
+            self.send_json(503, error_body("The engine is currently overloaded, please try again later.",
+                                           "server_error", None))
+            return
+        if kind == "malformed":
+            self.send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": <html>upstream error',
+                      content_type=str(fault.get("content_type") or "application/json"))
+            return
+        if kind == "empty_choices":
+            self.send_json(200, completion(req, "", choices=False))
+            return
+        if kind in ("text", "length"):
+            self.send_json(200, completion(req, str(fault.get("content", "")),
+                                           finish="stop" if kind == "text" else "length"))
+            return
+
+        user = [text_of(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        blocks = dict(BLOCK.findall(user[-1] if user else ""))
+        if not (("A" in blocks and "B" in blocks) or "R" in blocks):
+            allt = "\n".join(text_of(m.get("content")) for m in messages if isinstance(m, dict))
+            blocks = dict(BLOCK.findall(allt))
+        if not (("A" in blocks and "B" in blocks) or "R" in blocks):
+            self.send_json(400, error_body("fake-judge: no <<<BEGIN_DATA id=A/B>>> or id=R blocks in the prompt",
+                                           "invalid_request_error", "unrecognised_prompt", "messages"))
+            return
+        jkind, verdict = judge(st, blocks)
+        lp = logprobs_block(jkind, verdict, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
+        body = json.dumps(completion(req, verdict, logprobs=lp)).encode()
+
+        if kind == "hang":
+            time.sleep(float(fault.get("seconds", 30)))
+        if kind == "drop":
+            self.close_connection = True
+            head = self.head(200, len(body))
+            try:
+                self.wfile.write(head + body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)  # FIN mid-body: the reply can never complete
+            except OSError:
+                pass
+            return
+        if kind == "drip":
+            seconds = float(fault.get("seconds", 5))
+            chunks = max(1, min(int(fault.get("chunks") or len(body)), len(body)))
+            step = -(-len(body) // chunks)
+            gap = seconds / chunks
+            try:
+                self.wfile.write(self.head(200, len(body)))
+                self.wfile.flush()
+                for i in range(0, len(body), step):
+                    time.sleep(gap)
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+            except OSError:
+                self.close_connection = True
+                return
+            sent = not self.peer_gone()
+        else:
+            sent = self.send(200, body)
+        if sent:
+            key = body_key(messages)
+            with st.lock:
+                st.ok += 1
+                st.ok_by_body[key] += 1
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return  # a client hanging up is not our error
+        print(f"fake_openai_server: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--api-key", default=None, help="require this Bearer key (default: $FAKE_OPENAI_API_KEY)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds slept before every chat reply")
+    ap.add_argument("--policy", default="hash")
+    args = ap.parse_args(argv)
+    try:
+        state = State(args.api_key or os.environ.get("FAKE_OPENAI_API_KEY") or None, args.policy, args.seed,
+                      args.latency)
+    except BadControl as e:
+        ap.error(str(e))
+    Handler.state = state
+    httpd = Server((args.host, args.port), Handler)
+    print(f"PORT {httpd.server_address[1]}", flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()
