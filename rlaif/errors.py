@@ -23,3 +23,9 @@ class JudgeUnreliable(UserError):
     """Position consistency fell below judge.min_consistency: no pairs are written from noise."""
 
     exit_code = 6
+
+
+class JudgeIncomplete(UserError):
+    """Some judge calls got no reply after all retries; a rerun sends only those again."""
+
+    exit_code = 7

@@ -92,6 +92,12 @@ class OpenAIJudge:
                             f"check the key in ${self.cfg.api_key_env}") from None
         except (o.APIResponseValidationError, ValueError) as e:  # 200 with a body that is not JSON
             raise Retryable(f"unreadable reply: {type(e).__name__}") from None
+        except o.APIStatusError as e:
+            msg = _server_message(e)
+            if e.status_code in (403, 404):  # wrong endpoint or model: every call would fail the same way
+                raise UserError(f"judge: HTTP {e.status_code} from {self.cfg.base_url or 'the OpenAI API'}: {msg}; "
+                                "check judge.base_url (it usually ends in /v1) and judge.model") from None
+            return Reply(error=f"HTTP {e.status_code}: {msg}")  # e.g. 400 context too long: this call only
         if not hasattr(resp, "choices"):  # the client hands back a str for a non-JSON 200 body
             raise Retryable("unreadable reply: not a chat completion")
         return _reply(resp, time.monotonic() - t0)
@@ -141,6 +147,12 @@ class OpenAIJudge:
 
     def run(self, calls: list[Call], on_reply, admit=lambda c: True) -> None:
         asyncio.run(self._run(calls, on_reply, admit))
+
+
+def _server_message(e) -> str:
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    return str(msg or type(e).__name__)[:200]
 
 
 def _reply(resp, latency: float) -> Reply:

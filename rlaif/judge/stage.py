@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.config import JudgeConfig, RunConfig
-from rlaif.errors import BudgetExceeded, JudgeUnreliable, UserError
+from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable, UserError
 from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, read_parquet_checked, write_json, write_parquet
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call, Reply, load_judge
@@ -56,6 +56,7 @@ class Runner:
         self.reserved: dict[str, float] = {}
         self.backend = None
         self.stopped: str | None = None
+        self.last_error: str | None = None
         self.stats = {"calls_made": 0, "retries": 0, "errors": 0, "tokens": 0, "seconds": 0.0}
 
     def _estimate(self, call: Call) -> float:
@@ -65,10 +66,10 @@ class Runner:
         if self.stopped:
             return False
         if self.j.max_calls is not None and self.calls + len(self.reserved) >= self.j.max_calls:
-            self.stopped = f"judge.max_calls={self.j.max_calls} reached ({self.calls} paid calls in the ledger)"
+            self.stopped = f"judge.max_calls={self.j.max_calls} reached"
         elif self.j.max_cost_usd is not None and \
                 self.cost + sum(self.reserved.values()) + self._estimate(call) > self.j.max_cost_usd:
-            self.stopped = f"judge.max_cost_usd={self.j.max_cost_usd:g} reached (${self.cost:.4f} spent)"
+            self.stopped = f"judge.max_cost_usd={self.j.max_cost_usd:g} reached"
         else:
             self.reserved[call.key] = self._estimate(call)
             return True
@@ -106,6 +107,7 @@ class Runner:
             self.stats["tokens"] += row["input_tokens"] + row["output_tokens"]
         else:
             self.stats["errors"] += 1
+            self.last_error = row["error"]
         rate = self.stats["calls_made"] / max(self.stats["seconds"] + time.monotonic() - self.t0, 1e-9)
         self.bar.update(1)
         self.bar.set_postfix_str(f"{rate:.1f} calls/s, {self.stats['retries']} retries, "
@@ -211,14 +213,20 @@ def run(cfg: RunConfig) -> Path:
     finally:
         judgments = derive(ledger, plan)
         ledger.close()
+    for stale in ("pairs.card.json", "pairs.parquet"):  # pairs must come from these judgments or not exist
+        (rdir / stale).unlink(missing_ok=True)
     write_parquet(rdir / "judgments.parquet", judgments, JUDGMENTS_SCHEMA)
     pending = len({c.key for c in plan}) - judgments["key"].n_unique()
     report = build_report(cfg, judgments, cands, rejected, runner, model, identical, pending)
     write_json(rdir / "judge-report.json", report)
     print_report(report)
     if runner.stopped:
-        raise BudgetExceeded(f"judge stopped: {runner.stopped}; at least {report['pending_calls']} calls still pending. "
+        raise BudgetExceeded(f"judge stopped: {runner.stopped}: ${runner.cost:.4f} spent over {runner.calls} paid calls "
+                             f"in the ledger; at least {report['pending_calls']} calls still pending. "
                              "Rerun (with a higher cap) to continue: finished calls are never paid again")
+    if report["pending_calls"]:
+        raise JudgeIncomplete(f"judge: {report['pending_calls']} calls got no reply after all retries "
+                              f"(last error: {runner.last_error}); rerun to retry only those")
     if report["position_consistency"] is not None and report["position_consistency"] < j.min_consistency:
         raise JudgeUnreliable(f"judge position consistency {report['position_consistency']:.3f} is below "
                               f"judge.min_consistency={j.min_consistency}; no pairs written (see judge-report.json)")
