@@ -33,9 +33,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/rlaif demo-model
 	$(VENV)/bin/rlaif generate --config configs/quickstart.yaml
+	$(VENV)/bin/rlaif judge --config configs/quickstart.yaml
 	@echo
-	@echo "outputs: runs/quickstart/round-0/candidates/part-*.parquet"
-	@echo "manifest: runs/quickstart/round-0/candidates.manifest.json"
+	@echo "outputs in runs/quickstart/round-0/:"
+	@echo "  candidates/part-*.parquet  candidates.manifest.json   (generate)"
+	@echo "  judge-ledger.sqlite  judgments.parquet  judge-report.json   (judge)"
+	@echo "  pairs.parquet  pairs.card.json   (filter)"
 
 test: install vllm-env
 	RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs

@@ -28,10 +28,10 @@ import transformers  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TEMPERATURE, TOP_P = 0.8, 0.95  # the config defaults
-# rlaif's transformers backend builds GenerationConfig(top_k=None), which transformers 5.23 fills
-# with its default top_k=50; the bare loop must sample the same way (top_k=None as a generate()
-# kwarg really disables top-k and costs ~20% on CPU: top-p then sorts the whole vocabulary).
-TOP_K = 50
+# generate.top_k defaults to 0 (off, as in vLLM); both sides pass it explicitly, since an unset
+# top_k is filled with transformers' default of 50 (which is ~20% faster on this CPU: top-p then
+# sorts 50 tokens instead of the whole vocabulary).
+TOP_K = 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,17 +116,21 @@ class BareHF:
         return {"tokens": tokens, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def interleave(sides: dict, reps: int) -> dict[str, list[dict]]:
+def interleave(sides: dict, reps: int, cpu: bool = True) -> dict[str, list[dict]]:
     results = {name: [] for name in sides}
     for rep in range(reps):
         for name, fn in sides.items():
+            w0, c0 = time.perf_counter(), time.process_time()
             r = fn(rep)
             r["tok_s"] = round(r["tokens"] / r["seconds"], 2)
+            if cpu:  # this process's CPU s per wall s: well under its thread count = other work took the cores
+                r["cpu_per_wall"] = round((time.process_time() - c0) / (time.perf_counter() - w0), 2)
             results[name].append(r)
-            print(f"[rep {rep}] {name}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tok_s']} tok/s", flush=True)
+            print(f"[rep {rep}] {name}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tok_s']} tok/s "
+                  f"(cpu/wall {r.get('cpu_per_wall', '-')})", flush=True)
     for name in [n for n, rs in results.items() if "seconds_with_writes" in rs[0]]:  # a derived row, same runs
         results[f"{name} (incl. shard writes)"] = [
-            {"tokens": r["tokens"], "seconds": r["seconds_with_writes"],
+            {"tokens": r["tokens"], "seconds": r["seconds_with_writes"], "cpu_per_wall": r.get("cpu_per_wall", "-"),
              "tok_s": round(r["tokens"] / r["seconds_with_writes"], 2)} for r in results[name]]
     return results
 
@@ -135,10 +139,12 @@ def report(args, results: dict, baseline: str) -> dict:
     """Print the markdown table; return (and maybe write) everything as JSON."""
     med = {name: statistics.median(r["tok_s"] for r in rs) for name, rs in results.items()}
     ratio = {n: round(v / med[baseline], 3) for n, v in med.items()}
-    print("\n| side | median tok/s | vs bare | per-rep tok/s | per-rep tokens |\n|---|---:|---:|---|---|")
+    print("\n| side | median tok/s | vs bare | per-rep tok/s | per-rep tokens | per-rep cpu/wall |\n"
+          "|---|---:|---:|---|---|---|")
     for name, rs in results.items():
-        print(f"| {name} | {med[name]:.1f} | {ratio[name]:.3f} | {', '.join(str(r['tok_s']) for r in rs)} | "
-              f"{', '.join(str(r['tokens']) for r in rs)} |")
+        per = {k: ", ".join(str(r.get(k, "-")) for r in rs) for k in ("tok_s", "tokens", "cpu_per_wall")}
+        print(f"| {name} | {med[name]:.1f} | {ratio[name]:.3f} | {per['tok_s']} | {per['tokens']} | "
+              f"{per['cpu_per_wall']} |")
     out = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "rep", "out")},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "transformers": transformers.__version__, "threads": torch.get_num_threads()},

@@ -66,6 +66,6 @@ def main(args) -> int:
         worker(args)
         return 0
     sides = {s: (lambda rep, s=s: child(args, s, rep)) for s in SIDES}
-    out = bench.report(args, bench.interleave(sides, args.reps), SIDES[0])
+    out = bench.report(args, bench.interleave(sides, args.reps, cpu=False), SIDES[0])
     print(f"\nrlaif (vllm) / bare = {out['ratio_vs_baseline'][SIDES[1]]:.3f} (target >= 0.9)")
     return 0

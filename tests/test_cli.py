@@ -26,7 +26,7 @@ def test_every_subcommand_help_ends_with_examples(cmd):
     assert f"rlaif {cmd}" in tail
 
 
-@pytest.mark.parametrize("cmd", ["judge", "filter", "train", "evaluate", "run"])
+@pytest.mark.parametrize("cmd", ["evaluate", "run"])
 def test_unbuilt_stages_fail_loudly(cmd):
     res = rlaif_cli(cmd, "--config", "configs/quickstart.yaml")
     assert res.returncode != 0

@@ -41,7 +41,8 @@ class TransformersBackend:
         self.gen_config = GenerationConfig(
             max_new_tokens=cfg.max_tokens, do_sample=sample, num_return_sequences=self.returns,
             temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
-            top_k=None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            # top_k must be explicit: None would be filled with transformers' default of 50.
+            top_k=cfg.top_k if sample else None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
         )
 
     def _batch(self, prompts: list[list[int]]) -> list[list[Sample]]:

@@ -148,7 +148,9 @@ def run(cfg: RunConfig) -> Path:
             gen_s += time.perf_counter() - t1
             df = _rows(cfg, cfg.model, pids, chats, samples, seed)
             write_parquet(out / f"part-{i:05d}.parquet", df)
-            new_tokens += int(df["num_tokens"].sum())
+            # Greedy transformers runs decode once and copy n times: count decoded tokens only.
+            copies = g.n if (g.temperature == 0 and g.backend == "transformers") else 1
+            new_tokens += int(df["num_tokens"].sum()) // copies
             bar.update(len(pids))
             bar.set_postfix_str(f"{new_tokens / max(gen_s, 1e-9):.1f} tok/s")
         bar.close()
@@ -166,7 +168,7 @@ def _manifest(cfg, model, plan, out, rdir, load_s, gen_s, new_tokens, fresh, wal
     manifest = {
         "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": cfg.model,
         "model_path": model, "adapter": g.adapter, "backend": g.backend, "seed": cfg.seed,
-        "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p")},
+        "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p", "top_k")},
         "counts": {
             "prompts": sum(len(s) for s in plan["shards"]), "candidates": len(df), "shards": len(plan["shards"]),
             "shards_generated_this_run": fresh, "finish_reason": finish,

@@ -35,8 +35,8 @@ class VLLMBackend:
 
         c = self.cfg
         # A seed per request makes each prompt's samples independent of batching and sharding.
-        params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                                 seed=seed + i) for i in range(len(prompts))]
+        params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or -1,
+                                 max_tokens=c.max_tokens, seed=seed + i) for i in range(len(prompts))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                  lora_request=self.lora, use_tqdm=False)
         return [[Sample(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")

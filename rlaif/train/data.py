@@ -1,0 +1,73 @@
+"""Pairs -> TRL's conversational preference format, with pre-flight checks that fail before
+the first step, naming the problem."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.config import RunConfig
+from rlaif.errors import UserError
+from rlaif.io import PAIRS_SCHEMA, read_parquet_checked
+
+
+def pairs_files(cfg: RunConfig) -> list[Path]:
+    rounds = range(cfg.round + 1) if cfg.run.accumulate_pairs else [cfg.round]
+    files = [cfg.round_dir(k) / "pairs.parquet" for k in rounds]
+    for f in files:
+        if not f.exists():
+            raise UserError(f"{f}: no pairs file; run `rlaif judge` for round {f.parent.name} first")
+    return files
+
+
+def load_pairs(cfg: RunConfig) -> tuple[pl.DataFrame, dict]:
+    files = pairs_files(cfg)
+    pairs = read_parquet_checked(files, PAIRS_SCHEMA, "pairs")
+    where = ", ".join(str(f) for f in files)
+    if pairs.is_empty():
+        raise UserError(f"{where}: no pairs to train on (pairs.card.json says what each filter removed)")
+    same = pairs.filter(pl.col("chosen").str.strip_chars() == pl.col("rejected").str.strip_chars())
+    pairs = pairs.filter(pl.col("chosen").str.strip_chars() != pl.col("rejected").str.strip_chars())
+    if pairs.is_empty():
+        raise UserError(f"{where}: every pair has identical chosen and rejected responses; nothing to learn")
+    return pairs, {"pairs_in": pairs.height + same.height, "identical_dropped": same.height}
+
+
+def check_tokenizer(cfg: RunConfig, tok, model_path: str) -> None:
+    """Pairs sampled from a model with another tokenizer would train on ids the policy never produced."""
+    if not tok.chat_template:
+        raise UserError(f"model {model_path}: tokenizer has no chat template; DPO on chat pairs needs one")
+    manifest = cfg.round_dir() / "candidates.manifest.json"
+    if not manifest.exists():
+        return
+    source = json.loads(manifest.read_text()).get("model_path")
+    if not source or Path(source) == Path(model_path) or not Path(source).exists():
+        return
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(source)
+    if other.get_vocab() != tok.get_vocab() or other.chat_template != tok.chat_template:
+        raise UserError(f"{manifest}: candidates came from {source}, whose tokenizer/chat template differs from "
+                        f"the policy's ({model_path})")
+
+
+def to_dataset(pairs: pl.DataFrame, tok, cfg: RunConfig):
+    """TRL conversational preference rows; pairs over max_length are dropped (counted) or left to truncate."""
+    import datasets
+
+    rows, over = [], 0
+    for r in pairs.iter_rows(named=True):
+        prompt = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
+        row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": r["chosen"]}],
+               "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        longest = max(len(tok.apply_chat_template(prompt + row[k], tokenize=True, return_dict=True)["input_ids"])
+                      for k in ("chosen", "rejected"))
+        if longest > cfg.train.max_length and cfg.train.overlong == "drop":
+            over += 1
+            continue
+        rows.append(row)
+    if not rows:
+        raise UserError(f"all {pairs.height} pairs are longer than train.max_length={cfg.train.max_length} tokens; "
+                        "raise it or set train.overlong=truncate")
+    return datasets.Dataset.from_list(rows), over

@@ -1,0 +1,151 @@
+"""The train stage: DPO + LoRA on the round's pairs -> RUN_DIR/round-K/train/{adapter, train-metrics.jsonl}.
+
+Resumable: checkpoints every `train.save_steps`; a rerun after a kill continues from the last one.
+train.manifest.json is written last: its existence means the adapter is complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+from rlaif.config import RunConfig
+from rlaif.errors import UserError
+from rlaif.io import write_json
+from rlaif.train.data import check_tokenizer, load_pairs, to_dataset
+from rlaif.train.policy import adapter_dir, policy_base
+
+MANIFEST = "train.manifest.json"
+
+
+class TrainingDiverged(UserError):
+    exit_code = 8
+
+
+def metrics_callback(path: Path, resume_step: int):
+    from transformers import TrainerCallback
+
+    class Metrics(TrainerCallback):
+        """One JSON line per logged step; a non-finite loss stops training before any checkpoint of it."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            keep = []
+            if path.exists():  # lines past the checkpoint we resume from would be logged twice
+                keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            bad = [k for k in ("loss", "grad_norm") if isinstance(logs.get(k), float) and not math.isfinite(logs[k])]
+            if bad:
+                raise TrainingDiverged(f"train: {bad[0]} is {logs[bad[0]]} at step {state.global_step}; stopped "
+                                       "before checkpointing it (lower train.learning_rate or check the pairs)")
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return Metrics()
+
+
+def _model(base: str, cfg: RunConfig, cuda: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    if cfg.train.load_in_4bit:
+        if not cuda:
+            raise UserError("train.load_in_4bit: 4-bit (bitsandbytes) needs a CUDA GPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(base, **kwargs)  # never trust_remote_code
+
+
+def dpo_args(cfg: RunConfig, out: Path, cuda: bool):
+    from trl import DPOConfig
+
+    t = cfg.train
+    return DPOConfig(
+        output_dir=str(out), per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        max_steps=t.max_steps, num_train_epochs=t.num_epochs, beta=t.beta, loss_type=t.loss_type.split(","),
+        ld_alpha=t.ld_alpha, max_length=t.max_length, precompute_ref_log_probs=t.precompute_ref_log_probs,
+        gradient_checkpointing=t.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=1, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
+        report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=False,
+    )
+
+
+def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
+    """DPOTrainer on a plain base model plus a LoRA config: TRL then uses the base with the adapter
+    disabled as the reference (no second model copy)."""
+    import torch
+    from peft import LoraConfig
+    from trl import DPOTrainer
+
+    cuda = torch.cuda.is_available()
+    t = cfg.train
+    lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                      target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=_model(base, cfg, cuda), args=dpo_args(cfg, cfg.round_dir() / "train", cuda),
+                         train_dataset=dataset, processing_class=tok, peft_config=lora, callbacks=list(callbacks))
+    prev = adapter_dir(cfg, cfg.round - 1)
+    if cfg.train.reference == "sft" and cfg.round > 0 and prev.exists():
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        # Continue from last round's policy; the reference stays the SFT model (adapter disabled).
+        set_peft_model_state_dict(trainer.model, load_peft_weights(str(prev)))
+    return trainer
+
+
+def run(cfg: RunConfig, resume: bool = True) -> Path:
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = cfg.round_dir() / "train"
+    if (out / MANIFEST).exists():
+        print(f"train: {out / MANIFEST} exists; stage already done")
+        return out / "adapter"
+    pairs, counts = load_pairs(cfg)
+    base = policy_base(cfg, cfg.round)
+    tok = AutoTokenizer.from_pretrained(base)
+    check_tokenizer(cfg, tok, base)
+    dataset, over = to_dataset(pairs, tok, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = get_last_checkpoint(str(out)) if resume else None
+    step0 = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
+    if ckpt:
+        print(f"train: resuming from {ckpt} (step {step0})")
+    t0 = time.perf_counter()
+    trainer = build_trainer(cfg, base, dataset, tok, [metrics_callback(out / "train-metrics.jsonl", step0)])
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    trainer.save_model(str(out / "adapter"))
+    if cfg.train.merge:
+        from rlaif.train.policy import ensure_merged
+
+        ensure_merged(cfg, cfg.round)
+    return _manifest(cfg, out, base, counts, over, len(dataset), result, step0, time.perf_counter() - t0)
+
+
+def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall) -> Path:
+    import torch
+
+    lines = [json.loads(ln) for ln in (out / "train-metrics.jsonl").read_text().splitlines() if ln]
+    last = next((ln for ln in reversed(lines) if "loss" in ln), {})
+    steps = result.global_step - step0
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    write_json(out / MANIFEST, {
+        "stage": "train", "round": cfg.round, "base_model": base, "reference": cfg.train.reference,
+        "reference_model": base, "adapter": str(out / "adapter"),
+        "pairs": {**counts, "over_max_length_dropped": over, "trained_on": n_train},
+        "steps": result.global_step, "resumed_from_step": step0,
+        "final": {k: last.get(k) for k in ("loss", "rewards/accuracies", "rewards/margins")},
+        "timing": {"wall_s": round(wall, 2), "s_per_step": round(wall / steps, 3) if steps else None,
+                   "peak_memory_bytes": int(peak)},
+        "train": cfg.train.model_dump(),
+    })
+    print(f"train: {result.global_step} steps on {n_train} pairs -> {out / 'adapter'} (final loss {last.get('loss')})")
+    return out / "adapter"
