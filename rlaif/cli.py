@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ STAGES = {
     "filter": ("rlaif.judge.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
     "train": ("rlaif.train.stage:run", "DPO + LoRA on the round's pairs (TRL DPOTrainer + PEFT); resumes from checkpoints"),
     "evaluate": (None, "win rate and LC win rate vs the SFT model (not implemented yet)"),
-    "run": (None, "all stages, round after round (not implemented yet)"),
+    "run": ("rlaif.loop:run", "all stages, round after round, each in its own process; resumable"),
 }
 
 MAIN_EPILOG = """\
@@ -35,6 +36,8 @@ examples:
   rlaif demo-model                                   # build/cache the offline SmolLM2-135M-Instruct demo model
   rlaif generate --config configs/quickstart.yaml    # candidates on this CPU from the demo model
   rlaif generate --config configs/gpu-8b.yaml generate.n=8   # vLLM on a GPU
+  rlaif run configs/quickstart.yaml                  # every round: generate, judge, train
+  rlaif status runs/quickstart                       # where a run stands
   rlaif generate --help                              # every stage has its own help"""
 
 
@@ -47,10 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext, description=helptext, formatter_class=fmt,
                             epilog=STAGE_EXAMPLES.format(cmd=name))
         sp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
+        if name == "run":
+            sp.add_argument("config_file", nargs="?", metavar="CONFIG", help="same as --config")
         sp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         if name == "train":
             sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes)")
+    st = sub.add_parser("status", formatter_class=fmt, help="rounds x stages of a run: done, partial or missing",
+                        description="Print a table of rounds x stages with key figures.",
+                        epilog="examples:\n  rlaif status runs/quickstart")
+    st.add_argument("run_dir", metavar="RUN_DIR")
     sub.add_parser("demo-model", formatter_class=fmt,
                    help="build (once) and print the path of the offline demo model",
                    description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
@@ -71,7 +80,8 @@ def _stage(name: str, args) -> int:
     from rlaif.io import write_text
 
     cfg = load_config(args.config, args.overrides)
-    write_text(Path(cfg.run_dir) / "config.yaml", dump_config(cfg))
+    if not os.environ.get("RLAIF_RUN_CHILD"):  # `rlaif run` wrote it already; its stages must not rewrite it
+        write_text(Path(cfg.run_dir) / "config.yaml", dump_config(cfg))
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
     out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
@@ -91,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(demo_model_path())
             return 0
+        if args.cmd == "status":
+            from rlaif.loop import status
+
+            return status(args.run_dir)
+        if args.cmd == "run" and args.config_file:
+            if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
+                args.config = args.config or args.config_file
+            else:
+                args.overrides.insert(0, args.config_file)
         return _stage(args.cmd, args)
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ class GenerateConfig(Strict):
     shard_size: int = Field(64, ge=1, description="prompts per parquet shard; a rerun resumes from finished shards")
     max_model_len: int | None = Field(None, ge=8, description="context length; default: the model's own")
     max_prompts: int | None = Field(None, ge=1, description="use only the first N prompts")
+    model: str | None = Field(None, description="base model to sample from; default: the SFT `model` (rlaif run sets it for later rounds)")
     adapter: str | None = Field(None, description="LoRA adapter folder to sample from (later rounds)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     # vLLM only

@@ -110,7 +110,7 @@ def run(cfg: RunConfig) -> Path:
     prompts = read_prompts(cfg.prompts, cfg.prompts_split)
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
-    model = resolve_model(cfg.model)
+    model = resolve_model(g.model or cfg.model)
     fp = fingerprint(cfg, prompts)
     if (rdir / MANIFEST).exists():
         if json.loads((rdir / MANIFEST).read_text()).get("fingerprint") != fp:
@@ -146,7 +146,7 @@ def run(cfg: RunConfig) -> Path:
             t1 = time.perf_counter()
             samples = backend.generate([plan["_tokens"][p] for p in pids], seed)
             gen_s += time.perf_counter() - t1
-            df = _rows(cfg, cfg.model, pids, chats, samples, seed)
+            df = _rows(cfg, g.model or cfg.model, pids, chats, samples, seed)
             write_parquet(out / f"part-{i:05d}.parquet", df)
             # Greedy transformers runs decode once and copy n times: count decoded tokens only.
             copies = g.n if (g.temperature == 0 and g.backend == "transformers") else 1
@@ -166,7 +166,7 @@ def _manifest(cfg, model, plan, out, rdir, load_s, gen_s, new_tokens, fresh, wal
     g = cfg.generate
     finish = dict(df.group_by("finish_reason").len().iter_rows()) if len(df) else {}
     manifest = {
-        "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": cfg.model,
+        "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": g.model or cfg.model,
         "model_path": model, "adapter": g.adapter, "backend": g.backend, "seed": cfg.seed,
         "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p", "top_k")},
         "counts": {
