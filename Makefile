@@ -32,13 +32,14 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/rlaif demo-model
-	$(VENV)/bin/rlaif generate --config configs/quickstart.yaml
-	$(VENV)/bin/rlaif judge --config configs/quickstart.yaml
+	$(VENV)/bin/rlaif run configs/quickstart.yaml
+	$(VENV)/bin/rlaif status runs/quickstart
 	@echo
-	@echo "outputs in runs/quickstart/round-0/:"
-	@echo "  candidates/part-*.parquet  candidates.manifest.json   (generate)"
-	@echo "  judge-ledger.sqlite  judgments.parquet  judge-report.json   (judge)"
-	@echo "  pairs.parquet  pairs.card.json   (filter)"
+	@echo "outputs in runs/quickstart/round-{0,1}/:"
+	@echo "  candidates/part-*.parquet  candidates.manifest.json        (generate)"
+	@echo "  judge-ledger.sqlite  judgments.parquet  judge-report.json  (judge)"
+	@echo "  pairs.parquet  pairs.card.json                             (filter)"
+	@echo "  train/adapter/  train/train-metrics.jsonl                  (train: the LoRA policy)"
 
 test: install vllm-env
 	RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs

@@ -18,7 +18,8 @@ import rlaif.generate as generate
 
 def _cfg(tmp_path, model, *extra):
     return load_config(ROOT / "configs/quickstart.yaml",
-                       [f"run_dir={tmp_path}", f"model={model}", "generate.max_tokens=16", "generate.shard_size=5",
+                       [f"run_dir={tmp_path}", f"model={model}", "prompts=tests/assets/prompts.jsonl",
+                        "generate.max_tokens=16", "generate.shard_size=5",
                         "generate.batch_size=4", *extra])
 
 
