@@ -117,7 +117,10 @@ def read_parquet_checked(paths: list[Path] | Path, schema: pl.Schema, what: str)
     paths = [paths] if isinstance(paths, Path) else paths
     frames = []
     for p in paths:
-        df = pl.read_parquet(p)
+        try:
+            df = pl.read_parquet(p)
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise UserError(f"{p}: not a readable parquet file ({str(e).splitlines()[0][:120]})") from None
         missing = [c for c in schema if c not in df.columns]
         if missing:
             raise UserError(f"{p}: not a {what} file: missing column(s) {', '.join(missing)}")

@@ -267,6 +267,22 @@ def test_precompute_cache_fingerprint_changes_with_reference(round0):
     t_prev, _ = trainer_for(prev)
     assert t_sft._precompute_model_hash and t_prev._precompute_model_hash
     assert t_sft._precompute_model_hash != t_prev._precompute_model_hash
+    # and what was precomputed is each reference's log-probs: the SFT model's vs round 0's merged policy
+    for trainer, ref in ((t_sft, round0.model), (t_prev, policy_base(prev, 1))):
+        rows = [trainer.train_dataset[i] for i in range(2)]
+        got = torch.tensor([r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows])
+        assert torch.allclose(got, seq_logps(load_base(ref), trainer.data_collator(rows)), atol=1e-4), ref
+
+
+@pytest.mark.parametrize("reference", ["previous", "sft"])
+def test_round1_without_a_finished_round0_fails_naming_it(tmp_path, tiny_model, reference):
+    # Round 1 continues from (or merges) round 0's finished policy: without round 0's manifest it must
+    # fail naming it, not crash in PEFT or silently start from a fresh adapter.
+    write_pairs(tmp_path, 1)
+    cfg = make_cfg(tmp_path, tiny_model, "round=1", f"train.reference={reference}", "train.max_steps=1")
+    with pytest.raises(UserError, match="round-0"):
+        stage.run(cfg)
+    assert not (tmp_path / "round-1" / "train" / stage.MANIFEST).exists()
 
 
 # ---------------------------------------------------------------- 4. the real demo model
@@ -333,9 +349,8 @@ def test_kill_9_then_rerun_resumes_from_checkpoint(tmp_path, tiny_model):
 
 
 def test_kill_during_checkpoint_write_resumes_from_last_complete_one(round0, tmp_path):
-    # BUG: run() resumes from get_last_checkpoint(), the highest-numbered checkpoint-N folder even when
-    # a kill left it half-written (Trainer writes adapter, optimizer, rng, trainer_state.json in place,
-    # trainer_state.json last). Fix: resume from the newest checkpoint that has trainer_state.json.
+    # A kill can leave the newest checkpoint half-written (Trainer writes trainer_state.json last):
+    # resume from the newest complete one.
     run_dir = tmp_path / "run"
     shutil.copytree(round0.run_dir / "round-0", run_dir / "round-0",
                     ignore=shutil.ignore_patterns("merged", "adapter", stage.MANIFEST))
@@ -381,9 +396,7 @@ def test_empty_pairs_file(tmp_path, tiny_model):
 
 
 def test_zero_byte_pairs_file(tmp_path, tiny_model):
-    # BUG: a 0-byte (or otherwise unreadable) pairs.parquet escapes as a raw polars error instead of a
-    # UserError naming the file. Fix: wrap pl.read_parquet in read_parquet_checked with
-    # `except pl.exceptions.PolarsError as e: raise UserError(f"{p}: not a readable parquet file: ...")`.
+    # A 0-byte or corrupt pairs.parquet is a UserError naming the file, not a raw polars error.
     path = tmp_path / "round-0" / "pairs.parquet"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"")
@@ -465,6 +478,17 @@ def test_metrics_callback_stops_on_nan_and_appends_finite(tmp_path):
         cb.on_log(None, SimpleNamespace(global_step=4), None, logs={"loss": 0.5, "grad_norm": float("inf")})
     lines = [json.loads(ln) for ln in path.read_text().splitlines()]
     assert lines == [{"step": 2, "loss": 0.69, "grad_norm": 1.0}]
+
+
+def test_diverging_run_stops_before_checkpointing_the_nan_step(tmp_path, tiny_model):
+    write_pairs(tmp_path, 0)
+    cfg = make_cfg(tmp_path, tiny_model, "train.learning_rate=1e30")  # step 1 is fine; step 2 overflows
+    with pytest.raises(stage.TrainingDiverged, match="at step 2"):
+        stage.run(cfg)
+    out = tmp_path / "round-0" / "train"
+    assert [ln["step"] for ln in metric_lines(out)] == [1] and math.isfinite(metric_lines(out)[0]["loss"])
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    assert not (out / stage.MANIFEST).exists() and not (out / "adapter").exists()
 
 
 def test_metrics_callback_drops_lines_past_the_resume_step(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
     trainer = DPOTrainer(model=_model(base, cfg, cuda), args=dpo_args(cfg, cfg.round_dir() / "train", cuda),
                          train_dataset=dataset, processing_class=tok, peft_config=lora, callbacks=list(callbacks))
     prev = adapter_dir(cfg, cfg.round - 1)
-    if cfg.train.reference == "sft" and cfg.round > 0 and prev.exists():
+    if cfg.train.reference == "sft" and cfg.round > 0:
         from peft import load_peft_weights, set_peft_model_state_dict
 
         # Continue from last round's policy; the reference stays the SFT model (adapter disabled).
@@ -100,21 +101,40 @@ def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
     return trainer
 
 
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json exists: transformers writes it last, so a
+    folder without it was cut off by a kill and is removed."""
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    for c in ckpts:
+        if (c / "trainer_state.json").exists():
+            return str(c)
+        print(f"train: removing incomplete {c.name} (interrupted while saving)")
+        shutil.rmtree(c)
+    return None
+
+
+def require_previous_round(cfg: RunConfig) -> None:
+    prev = cfg.round_dir(cfg.round - 1) / "train" / MANIFEST
+    if cfg.round > 0 and not prev.exists():
+        raise UserError(f"train round {cfg.round}: round {cfg.round - 1}'s policy is not finished ({prev} missing); "
+                        f"train round {cfg.round - 1} first (rlaif run does the rounds in order)")
+
+
 def run(cfg: RunConfig, resume: bool = True) -> Path:
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     out = cfg.round_dir() / "train"
     if (out / MANIFEST).exists():
         print(f"train: {out / MANIFEST} exists; stage already done")
         return out / "adapter"
     pairs, counts = load_pairs(cfg)
+    require_previous_round(cfg)
     base = policy_base(cfg, cfg.round)
     tok = AutoTokenizer.from_pretrained(base)
     check_tokenizer(cfg, tok, base)
     dataset, over = to_dataset(pairs, tok, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = get_last_checkpoint(str(out)) if resume else None
+    ckpt = last_complete_checkpoint(out) if resume else None
     step0 = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
     if ckpt:
         print(f"train: resuming from {ckpt} (step {step0})")
@@ -122,6 +142,7 @@ def run(cfg: RunConfig, resume: bool = True) -> Path:
     trainer = build_trainer(cfg, base, dataset, tok, [metrics_callback(out / "train-metrics.jsonl", step0)])
     result = trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(str(out / "adapter"))
+    (out / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder gets shared
     if cfg.train.merge:
         from rlaif.train.policy import ensure_merged
 
