@@ -70,6 +70,8 @@ PAIRS_SCHEMA = pl.Schema({
 })
 
 ROLES = ("system", "user", "assistant")
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,6 +88,7 @@ def atomic_write(path: str | Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:

@@ -1,0 +1,183 @@
+"""Evaluation math: policy-vs-SFT outcomes from both-order judgments, win rate with a bootstrap
+interval, length-controlled win rate, judge health, reward accuracy, and the length-hacking stop rule.
+
+`outcomes()` is also the schema of RUN_DIR/round-K/eval/outcomes.parquet (one row per compared
+pair): prompt_id, policy_id, sft_id, policy_first, sft_first (the verdict, as "policy" | "sft" |
+"tie", when the policy answer was shown first / second), y, len_policy, len_sft.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import polars as pl
+
+from rlaif.stats import length_feature, logistic_fit
+
+C = pl.col
+
+
+def _as_tokens(tokens: Mapping[str, int] | pl.DataFrame) -> pl.DataFrame:
+    if isinstance(tokens, pl.DataFrame):
+        return tokens.select(C("candidate_id").cast(pl.String), C("num_tokens").cast(pl.Int64))
+    return pl.DataFrame({"candidate_id": list(tokens), "num_tokens": list(tokens.values())},
+                        schema={"candidate_id": pl.String, "num_tokens": pl.Int64})
+
+
+def _compared(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series) -> pl.DataFrame:
+    """Every (prompt, policy answer, SFT answer) with its verdict per order, whatever their validity.
+
+    Verdicts are restated from "a"/"b" (which name candidates, not slots) to "policy"/"sft", so the
+    two orders of one pair compare directly. Calls that do not pit exactly one policy answer
+    against one other answer (score calls, SFT vs SFT) are not comparisons here."""
+    pol = [str(i) for i in policy_ids]
+    pw = judgments.filter(C("kind") == "pairwise") if "kind" in judgments.columns else judgments
+    a_pol, b_pol = C("a_id").is_in(pol), C("b_id").is_in(pol)
+    v = C("verdict")
+    a_side = pl.when((v == "a") == a_pol).then(pl.lit("policy")).otherwise(pl.lit("sft"))
+    winner = (pl.when(v == "tie").then(pl.lit("tie")).when(v.is_in(["a", "b"])).then(a_side)
+              .otherwise(pl.lit("invalid")))  # anything unparsed or unknown counts as invalid
+    rows = pw.filter(a_pol ^ b_pol).with_columns(
+        policy_id=pl.when(a_pol).then("a_id").otherwise("b_id"),
+        sft_id=pl.when(a_pol).then("b_id").otherwise("a_id"),
+        shown_first=(C("order") == "ab") == a_pol, winner=winner)
+    return (rows.group_by("prompt_id", "policy_id", "sft_id", maintain_order=True)
+            .agg(policy_first=C("winner").filter(C("shown_first")).first(),
+                 sft_first=C("winner").filter(~C("shown_first")).first()))
+
+
+def pair_counts(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series) -> dict:
+    """How many pairs were judged in both orders, and how many of those an invalid verdict excluded."""
+    d = _compared(judgments, policy_ids)
+    both = d.filter(C("policy_first").is_not_null() & C("sft_first").is_not_null())
+    invalid = both.filter((C("policy_first") == "invalid") | (C("sft_first") == "invalid")).height
+    return {"pairs_both_orders": both.height, "invalid_excluded": invalid, "single_order": d.height - both.height}
+
+
+def outcomes(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series,
+             tokens: Mapping[str, int] | pl.DataFrame) -> pl.DataFrame:
+    """One row per pair judged validly in both orders; y = 1 policy wins, 0 SFT wins, 0.5 otherwise.
+
+    Ties count half; a pair whose two orders disagree is a tie too (the judge could not tell them
+    apart beyond position), never half a label for either side. An invalid verdict in either order
+    drops the pair (see pair_counts). `tokens` maps candidate_id -> num_tokens (dict or a frame
+    with those columns); unknown ids get null lengths."""
+    tok = _as_tokens(tokens)
+    pf, sf = C("policy_first"), C("sft_first")
+    y = (pl.when((pf == "policy") & (sf == "policy")).then(1.0)
+         .when((pf == "sft") & (sf == "sft")).then(0.0).otherwise(0.5))
+    return (_compared(judgments, policy_ids)
+            .filter(pf.is_not_null() & sf.is_not_null() & (pf != "invalid") & (sf != "invalid"))
+            .with_columns(y=y)
+            .join(tok.rename({"candidate_id": "policy_id", "num_tokens": "len_policy"}), on="policy_id", how="left")
+            .join(tok.rename({"candidate_id": "sft_id", "num_tokens": "len_sft"}), on="sft_id", how="left"))
+
+
+def win_rate(y) -> float:
+    y = np.asarray(y, dtype=float)
+    return float(y.mean()) if y.size else float("nan")
+
+
+def bootstrap_ci(y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of y. With `groups` (e.g. prompt ids) whole groups
+    are resampled, since answers to one prompt are not independent; otherwise rows are."""
+    y = np.asarray(y, dtype=float)
+    if y.size == 0:
+        return float("nan"), float("nan")
+    _, g = np.unique(np.asarray(groups), return_inverse=True) if groups is not None else (None, np.arange(y.size))
+    sums, counts = np.bincount(g, weights=y), np.bincount(g).astype(float)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, n_boot, 256):  # chunks bound memory at 256 x n_groups indices
+        idx = rng.integers(0, sums.size, size=(min(256, n_boot - start), sums.size))
+        stats.append(sums[idx].sum(1) / counts[idx].sum(1))
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(np.concatenate(stats), [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def lc_win_rate(y, len_policy, len_sft) -> tuple[float, float]:
+    """(length-controlled win rate in [0, 1], length coefficient).
+
+    The length term of AlpacaEval 2's GLM (Dubois et al. 2024, "Length-Controlled AlpacaEval: A
+    Simple Way to Debias Automatic Evaluators"): logit P(policy wins) = b0 + b1 * tanh(diff / sd(diff)),
+    and the win rate the judge would give at zero length difference, sigmoid(b0). Their
+    instruction-difficulty term needs their per-instruction data, and their regularisation guards
+    a public leaderboard against gaming; neither applies to one run. Half outcomes (ties) are fitted
+    as fractional targets: the Bernoulli log-likelihood stays concave for y in [0, 1], and
+    rlaif.stats.logistic_fit's Newton step uses y only through X'(y - p), so it takes them as is.
+    Rows with a missing length are left out."""
+    y, lp, ls = (np.asarray(a, dtype=float) for a in (y, len_policy, len_sft))
+    ok = np.isfinite(y) & np.isfinite(lp) & np.isfinite(ls)
+    if not ok.any():
+        raise ValueError("lc_win_rate: no outcome with both lengths known")
+    b0, b1 = logistic_fit(length_feature(lp[ok] - ls[ok]), y[ok])
+    return float(1 / (1 + np.exp(-b0))), b1
+
+
+def position_consistency(judgments: pl.DataFrame) -> float | None:
+    """Share of pairs judged validly in both orders whose two verdicts agree (tie/tie agrees).
+
+    A local copy of rlaif.judge.report.position_stats's definition, so evaluation does not lean on
+    another stage's report module; the two must stay the same definition."""
+    pw = judgments.filter(C("kind") == "pairwise") if "kind" in judgments.columns else judgments
+    both = (pw.filter(C("verdict").is_in(["a", "b", "tie"]))
+            .group_by("prompt_id", "a_id", "b_id")
+            .agg(distinct=C("verdict").n_unique(), orders=C("order").n_unique()).filter(C("orders") == 2))
+    return float((both["distinct"] == 1).mean()) if both.height else None
+
+
+def invalid_rate(judgments: pl.DataFrame) -> float | None:
+    """Share of pairwise calls whose verdict could not be read."""
+    pw = judgments.filter(C("kind") == "pairwise") if "kind" in judgments.columns else judgments
+    return float((~pw["verdict"].is_in(["a", "b", "tie"])).mean()) if pw.height else None
+
+
+def implicit_reward_accuracy(chosen_logratio, rejected_logratio, beta: float) -> float:
+    """Share of held-out pairs where DPO's implicit reward beta * (log pi - log ref) ranks chosen
+    strictly above rejected: strict, as TRL's rewards/accuracies, so the numbers compare."""
+    c, r = np.asarray(chosen_logratio, dtype=float), np.asarray(rejected_logratio, dtype=float)
+    return float(((beta * c) > (beta * r)).mean()) if c.size else float("nan")
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def summarize(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series, tokens: Mapping[str, int] | pl.DataFrame,
+              reward_accuracy: float | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The eval.json contract. Lengths are over every policy / SFT answer that entered a
+    comparison, invalid ones included, so excluding invalid verdicts cannot hide length drift."""
+    ids = list(policy_ids)
+    out = outcomes(judgments, ids, tokens)
+    y = out["y"].to_numpy()
+    lc, coef = lc_win_rate(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy()) if out.height else (None, None)
+    lo, hi = bootstrap_ci(y, n_boot, seed, groups=out["prompt_id"].to_numpy()) if out.height else (None, None)
+    comp, tok = _compared(judgments, ids), _as_tokens(tokens)
+    lens = {side: tok.join(comp.select(C(f"{side}_id").unique().alias("candidate_id")), on="candidate_id")["num_tokens"]
+            for side in ("policy", "sft")}
+    res = {"win_rate": _num(win_rate(y)) if out.height else None, "win_rate_ci": [_num(lo), _num(hi)],
+           "lc_win_rate": _num(lc), "length_coef": _num(coef)}
+    for side, s in lens.items():
+        res[f"{side}_mean_tokens"] = _num(s.mean()) if s.len() else None
+        res[f"{side}_median_tokens"] = _num(s.median()) if s.len() else None
+    res.update(position_consistency=position_consistency(judgments), invalid_rate=invalid_rate(judgments),
+               n_comparisons=out.height, **{f"n_{k}": v for k, v in pair_counts(judgments, ids).items()})
+    if reward_accuracy is not None:
+        res["reward_accuracy"] = float(reward_accuracy)
+    return res
+
+
+def length_hacking(prev: dict, cur: dict, max_growth: float) -> str | None:
+    """The early-stop rule: policy answers grew by more than `max_growth` (a share: 0.2 = 20%)
+    since the previous evaluation while the length-controlled win rate did not rise, i.e. the judge
+    is being paid in length rather than quality. None when the rule does not fire or cannot tell."""
+    m0, m1 = prev.get("policy_mean_tokens"), cur.get("policy_mean_tokens")
+    l0, l1 = prev.get("lc_win_rate"), cur.get("lc_win_rate")
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (m0, m1, l0, l1)) or m0 <= 0:
+        return None  # a round without a (readable) evaluation cannot trigger a stop
+    growth = m1 / m0 - 1
+    if growth > max_growth and l1 <= l0:
+        return (f"length hacking: policy answers grew {growth:.0%} ({m0:.0f} -> {m1:.0f} tokens, limit "
+                f"{max_growth:.0%}) while the length-controlled win rate did not rise ({l0:.1%} -> {l1:.1%})")
+    return None

@@ -1,0 +1,222 @@
+"""RUN_DIR/report.md: every round side by side, a first line that says whether the run helped, and
+PNG plots beside it. Reads only files the stages wrote; a missing or unreadable one is a "-" cell,
+never a crash, because the report is most wanted exactly when a run is half done or broken."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from rlaif.evaluate.metrics import length_hacking
+from rlaif.io import atomic_write, write_text
+from rlaif.stats import length_feature, logistic_fit
+
+COLUMNS = ("round", "pairs kept", "top filter removals", "judge consistency", "longer wins", "win rate (95% CI)",
+           "LC win rate", "mean tokens policy / SFT", "judge USD", "wall s generate / train")
+
+
+def _load(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _get(d: dict, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _isnum(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.0f}%" if _isnum(x) else "-"
+
+
+def _num(x, fmt: str = "{:.0f}") -> str:
+    return fmt.format(x) if _isnum(x) else "-"
+
+
+def _ci(e: dict) -> tuple:
+    ci = e.get("win_rate_ci")
+    ok = isinstance(ci, list) and len(ci) == 2 and all(_isnum(c) for c in ci)
+    return tuple(ci) if ok else (None, None)
+
+
+def _rounds(run_dir: Path) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in run_dir.glob("round-*")
+             if p.is_dir() and (m := re.fullmatch(r"round-(\d+)", p.name))]
+    return sorted(found)
+
+
+def _read_round(k: int, rdir: Path) -> dict:
+    return {"round": k, "dir": rdir, "card": _load(rdir / "pairs.card.json"),
+            "judge": _load(rdir / "judge-report.json"),
+            "gen": _load(rdir / "candidates.manifest.json"), "train": _load(rdir / "train" / "train.manifest.json"),
+            "eval": _load(rdir / "eval" / "eval.json")}
+
+
+def _removals(card: dict, top: int = 2) -> str:
+    removed = sorted(((v, k) for k, v in (card.get("removed") or {}).items() if isinstance(v, int) and v > 0),
+                     reverse=True)
+    return ", ".join(f"{k} {v}" for v, k in removed[:top]) or ("none" if "removed" in card else "-")
+
+
+def _row(r: dict) -> list[str]:
+    e, ci = r["eval"], _ci(r["eval"])
+    win = _pct(e.get("win_rate"))
+    if win != "-" and None not in ci:
+        win += f" ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})"
+    lengths = f"{_num(e.get('policy_mean_tokens'))} / {_num(e.get('sft_mean_tokens'))}" if e else "-"
+    wall = f"{_num(_get(r['gen'], 'timing', 'wall_s'))} / {_num(_get(r['train'], 'timing', 'wall_s'))}"
+    return [str(r["round"]), _num(r["card"].get("kept")), _removals(r["card"]),
+            _num(r["judge"].get("position_consistency"), "{:.2f}"),
+            _pct(r["judge"].get("longer_wins_rate")), win, _pct(e.get("lc_win_rate")), lengths,
+            _num(r["judge"].get("cost_usd"), "{:.4f}"), wall]
+
+
+def headline(rounds: list[dict]) -> str:
+    """One sentence: did the last evaluated round's policy beat SFT, net of length?"""
+    done = [r for r in rounds if _isnum(r["eval"].get("win_rate"))]
+    if not done:
+        return (f"No round evaluated yet ({len(rounds)} round folder(s)); "
+                "run `rlaif evaluate` to compare the policy with SFT.")
+    r = done[-1]
+    e = r["eval"]
+    lo, hi = _ci(e)
+    # The interval, not the point estimate, decides the verb: a 58% that could be 49% has not helped yet.
+    verb = ("beats" if lo is not None and lo > 0.5 else "loses to" if hi is not None and hi < 0.5
+            else "is not clearly different from")
+    notes = ([f"LC {_pct(e['lc_win_rate'])}"] if _isnum(e.get("lc_win_rate")) else []) + \
+        ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else [])
+    text = f"Round {r['round']} policy {verb} SFT: wins {_pct(e['win_rate'])}"
+    text += f" ({', '.join(notes)})" if notes else ""
+    mp, ms = e.get("policy_mean_tokens"), e.get("sft_mean_tokens")
+    if _isnum(mp) and _isnum(ms) and ms > 0:
+        text += f"; responses {abs(mp / ms - 1):.0%} {'longer' if mp >= ms else 'shorter'} than SFT's"
+    lc, w = e.get("lc_win_rate"), e["win_rate"]
+    if _isnum(lc) and w > 0.5 >= lc:
+        text += "; the lead disappears once length is controlled"
+    elif _isnum(lc) and w > 0.5 and lc - 0.5 < (w - 0.5) / 2:
+        text += "; most of the lead is length"
+    return text + "."
+
+
+def _plot_rates(rounds: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rounds if _isnum(r["eval"].get("win_rate"))]
+    ks = [r["round"] for r in done]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    w = np.array([r["eval"]["win_rate"] for r in done]) * 100
+    ci = np.array([[w_ if c is None else 100 * c for c in _ci(r["eval"])]
+                   for r, w_ in zip(done, w)]).reshape(-1, 2)  # no interval: a zero-length bar, not a crash
+    ax.errorbar(ks, w, yerr=[w - ci[:, 0], ci[:, 1] - w], marker="o", capsize=4, label="win rate (95% CI)")
+    lc = [(r["round"], 100 * r["eval"]["lc_win_rate"]) for r in done if _isnum(r["eval"].get("lc_win_rate"))]
+    if lc:
+        ax.plot(*zip(*lc), marker="s", label="length-controlled win rate")
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="parity with SFT")
+    _finish(fig, ax, path, "policy vs SFT", "win rate (%)", ks)
+
+
+def _plot_lengths(rounds: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for side in ("policy", "sft"):
+        key = f"{side}_mean_tokens"
+        pts = [(r["round"], r["eval"][key]) for r in rounds if _isnum(r["eval"].get(key))]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{side if side == 'policy' else 'SFT'} mean tokens")
+    _finish(fig, ax, path, "response length", "mean tokens",
+            [r["round"] for r in rounds if r["eval"].get("policy_mean_tokens") is not None])
+
+
+def _plot_judge_length(out: pl.DataFrame, k: int, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    out = out.drop_nulls(["y", "len_policy", "len_sft"])
+    x = length_feature((out["len_policy"] - out["len_sft"]).to_numpy().astype(float))
+    y = out["y"].to_numpy().astype(float)
+    edges = np.linspace(-1, 1, 9)
+    b = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
+    mids = (edges[:-1] + edges[1:]) / 2
+    share, n = np.bincount(b, y, len(edges) - 1), np.bincount(b, minlength=len(edges) - 1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(mids[n > 0], 100 * share[n > 0] / n[n > 0], width=0.22, alpha=0.6, label="share of policy wins (binned)")
+    if len(y) >= 2:  # the fitted length curve whose value at 0 is the LC win rate
+        b0, b1 = logistic_fit(x, y)
+        grid = np.linspace(-1, 1, 101)
+        ax.plot(grid, 100 / (1 + np.exp(-(b0 + b1 * grid))), color="C3", label=f"logistic fit (coef {b1:.2f})")
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("tanh(standardised length difference, policy − SFT)")
+    _finish(fig, ax, path, f"round {k}: judge preference vs length", "policy wins (%)", None)
+
+
+def _finish(fig, ax, path: Path, title: str, ylabel: str, ks) -> None:
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if ks is not None:
+        ax.set_xlabel("round")
+        ax.set_xticks(sorted(set(ks)))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _plots(run_dir: Path, rounds: list[dict]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on batch machines; set before pyplot is first imported
+    made = []
+    if any(_isnum(r["eval"].get("win_rate")) for r in rounds):
+        _plot_rates(rounds, run_dir / "winrate.png")
+        made.append(("Win rate per round", "winrate.png"))
+    if any(_isnum(r["eval"].get(f"{s}_mean_tokens")) for r in rounds for s in ("policy", "sft")):
+        _plot_lengths(rounds, run_dir / "length.png")
+        made.append(("Response length per round", "length.png"))
+    last = next((r for r in reversed(rounds) if (r["dir"] / "eval" / "outcomes.parquet").exists()), None)
+    if last is not None:
+        try:
+            out = pl.read_parquet(last["dir"] / "eval" / "outcomes.parquet")
+        except (pl.exceptions.PolarsError, OSError):
+            out = None
+        if out is not None and {"y", "len_policy", "len_sft"} <= set(out.columns) and out.height:
+            _plot_judge_length(out, last["round"], run_dir / "judge_length.png")
+            made.append((f"Round {last['round']}: judge preference vs length difference", "judge_length.png"))
+    return made
+
+
+def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
+    """Build RUN_DIR/report.md (and its PNGs) from whatever round folders exist; returns its path."""
+    run_dir = Path(run_dir)
+    rounds = [_read_round(k, p) for k, p in _rounds(run_dir)]
+    lines = [headline(rounds), "", f"# Run report: {run_dir.name}", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in rounds]
+    lines += ["", "Win rate: policy vs SFT on held-out prompts, both orders; ties and order-inconsistent verdicts "
+              "count half. LC: AlpacaEval 2-style length-controlled win rate (logistic fit on tanh-standardised "
+              "length difference, at zero difference). Judge consistency / longer wins / USD: the training "
+              "judge's audit (judge-report.json)."]
+    evald = [r for r in rounds if r["eval"]]
+    warnings = [f"- round {b['round']}: {msg}" for a, b in zip(evald, evald[1:])
+                if (msg := length_hacking(a["eval"], b["eval"], max_growth))]
+    if warnings:
+        lines += ["", "## Warnings", "", *warnings]
+    plots = _plots(run_dir, rounds)
+    for title, name in plots:
+        lines += ["", f"## {title}", "", f"![{title}]({name})"]
+    return write_text(run_dir / "report.md", "\n".join(lines) + "\n")
