@@ -70,7 +70,8 @@ def rlaif_run(args, rep: int, backend: str) -> dict:
         cfg = load_config(None, [f"run_dir={d}", f"model={args.model}", f"prompts={args.prompts}", f"seed={rep}",
                                  f"generate.backend={backend}", f"generate.n={args.n}",
                                  f"generate.max_tokens={args.max_tokens}", f"generate.temperature={TEMPERATURE}",
-                                 f"generate.top_p={TOP_P}", f"generate.batch_size={args.batch_size}",
+                                 f"generate.top_p={TOP_P}", f"generate.top_k={TOP_K}",
+                                 f"generate.batch_size={args.batch_size}",
                                  f"generate.shard_size={shard}"])
         run(cfg)
         m = json.loads((cfg.round_dir() / MANIFEST).read_text())

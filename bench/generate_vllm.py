@@ -31,7 +31,8 @@ def bare_vllm(args, rep: int) -> dict:
     # rlaif's own engine settings (dtype auto, prefix caching, 0.85 of memory); one SamplingParams for
     # all prompts, the plain way: rlaif's per-request seeds are part of what is measured
     llm = LLM(model=args.model, seed=rep, dtype="auto", enable_prefix_caching=True, gpu_memory_utilization=0.85)
-    params = SamplingParams(n=args.n, temperature=bench.TEMPERATURE, top_p=bench.TOP_P, max_tokens=args.max_tokens)
+    params = SamplingParams(n=args.n, temperature=bench.TEMPERATURE, top_p=bench.TOP_P,
+                            top_k=bench.TOP_K or -1, max_tokens=args.max_tokens)  # -1: off, as rlaif maps 0
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - t0
