@@ -27,6 +27,33 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def demo_dir() -> Path:
+    return cache_dir() / "models" / DEMO_NAME
+
+
+def default_dtype(name: str = "auto"):
+    """auto: bf16 on CUDA, fp32 on CPU (bf16 on this kind of CPU runs ~10x slower, FIELD-NOTES)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) with every sequence ending at the last column, where generation
+    or next-token scoring starts."""
+    import torch
+
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
 def offline() -> None:
     """No hub access from any process of ours: models are local folders."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,7 +90,7 @@ def _convert(gguf: Path, out: Path) -> None:
 def demo_model_path() -> Path:
     """Return the cached demo model folder, building it once; safe under concurrent callers."""
     offline()
-    target = cache_dir() / "models" / DEMO_NAME
+    target = demo_dir()
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

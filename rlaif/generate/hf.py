@@ -6,14 +6,7 @@ from __future__ import annotations
 
 from rlaif.config import GenerateConfig
 from rlaif.generate.backends import Sample
-
-
-def torch_dtype(name: str, cuda: bool):
-    import torch
-
-    if name == "auto":  # bf16 on this CPU runs ~10x slower than fp32 (FIELD-NOTES)
-        return torch.bfloat16 if cuda else torch.float32
-    return getattr(torch, name)
+from rlaif.models import default_dtype, left_pad
 
 
 class TransformersBackend:
@@ -24,7 +17,7 @@ class TransformersBackend:
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(model)
-        net = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype(cfg.dtype, self.device == "cuda"))
+        net = AutoModelForCausalLM.from_pretrained(model, dtype=default_dtype(cfg.dtype))
         if cfg.adapter:
             from peft import PeftModel
 
@@ -48,12 +41,8 @@ class TransformersBackend:
     def _batch(self, prompts: list[list[int]]) -> list[list[Sample]]:
         import torch
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+        ids, mask = left_pad(prompts, self.pad_id)
+        width = ids.shape[1]
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=self.gen_config)

@@ -49,12 +49,15 @@ class Ledger:
 
     def done_keys(self, keys: list[str]) -> set[str]:
         """Keys with a stored reply (status 'done'): never to be sent again."""
-        found: set[str] = set()
+        return {r[0] for r in self._where_key_in("SELECT key FROM calls WHERE status='done'", keys)}
+
+    def _where_key_in(self, query: str, keys: list[str]) -> list[tuple]:
+        """Rows of `query AND key IN keys`, in chunks under SQLite's bound-parameter limit."""
+        rows: list[tuple] = []
         for i in range(0, len(keys), 900):
             chunk = keys[i:i + 900]
-            q = f"SELECT key FROM calls WHERE status='done' AND key IN ({','.join('?' * len(chunk))})"
-            found.update(r[0] for r in self.db.execute(q, chunk))
-        return found
+            rows += self.db.execute(f"{query} AND key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
 
     def record(self, row: dict) -> None:
         """One finished call, one transaction. 'done' is final; an 'error' row may be replaced later."""
@@ -76,11 +79,10 @@ class Ledger:
     def frame(self, keys: list[str] | None = None) -> pl.DataFrame:
         """Judgments for the given keys (default: all finished calls), in the judgments schema."""
         cols = ",".join(f'"{c}"' for c in JUDGMENTS_SCHEMA)
-        rows = list(self.db.execute(f"SELECT {cols} FROM calls WHERE status='done'"))
-        df = pl.DataFrame(rows, schema=JUDGMENTS_SCHEMA, orient="row")
-        if keys is not None:
-            df = df.filter(pl.col("key").is_in(keys))
-        return df.sort("key")
+        q = f"SELECT {cols} FROM calls WHERE status='done'"
+        # A ledger shared across runs can be large: fetch only the asked-for keys.
+        rows = list(self.db.execute(q)) if keys is None else self._where_key_in(q, keys)
+        return pl.DataFrame(rows, schema=JUDGMENTS_SCHEMA, orient="row").sort("key")
 
     def attempts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT key, attempts FROM calls"))

@@ -9,6 +9,7 @@ import time
 
 from rlaif.config import JudgeConfig
 from rlaif.judge.backends import Call, Reply
+from rlaif.models import default_dtype, left_pad
 
 PAIR_LABELS = ["A", "B"]
 SCORE_LABELS = [str(i) for i in range(1, 10)]
@@ -22,8 +23,7 @@ class LocalJudge:
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tok = AutoTokenizer.from_pretrained(model)
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=default_dtype()).to(self.device).eval()
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.label_ids = {lab: self._label_id(lab) for lab in PAIR_LABELS + SCORE_LABELS}
 
@@ -42,12 +42,7 @@ class LocalJudge:
         import torch
 
         seqs = [self._ids(c.messages) for c in calls]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
+        ids, mask = left_pad(seqs, self.pad)
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1]
         return torch.log_softmax(logits.float(), dim=-1).cpu(), [len(s) for s in seqs]

@@ -62,9 +62,9 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
 
 def _resolved(name: str) -> str | None:
     if name == "demo":
-        from rlaif.models import cache_dir
+        from rlaif.models import demo_dir
 
-        return str(cache_dir() / "models" / "SmolLM2-135M-Instruct")
+        return str(demo_dir())
     return name
 
 

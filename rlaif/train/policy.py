@@ -37,12 +37,12 @@ def ensure_merged(cfg: RunConfig, k: int) -> Path:
 
 
 def merge_adapter(base: str, adapter: Path, out: Path) -> None:
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(adapter))
+    from rlaif.models import default_dtype
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=default_dtype()), str(adapter))
     merged = model.merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".merged."))

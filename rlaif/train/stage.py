@@ -53,7 +53,9 @@ def _model(base: str, cfg: RunConfig, cuda: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    from rlaif.models import default_dtype
+
+    kwargs = {"dtype": default_dtype()}
     if cfg.train.load_in_4bit:
         if not cuda:
             raise UserError("train.load_in_4bit: 4-bit (bitsandbytes) needs a CUDA GPU")
