@@ -25,7 +25,8 @@ STAGES = {
     "judge": ("rlaif.judge.stage:run", "judge candidates into audited preference pairs (ledger, bias audit, filter)"),
     "filter": ("rlaif.judge.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
     "train": ("rlaif.train.stage:run", "DPO + LoRA on the round's pairs (TRL DPOTrainer + PEFT); resumes from checkpoints"),
-    "evaluate": (None, "win rate and LC win rate vs the SFT model (not implemented yet)"),
+    "evaluate": ("rlaif.evaluate.stage:run", "round K's policy vs the SFT model on held-out prompts: win rate, "
+                 "LC win rate, lengths"),
     "run": ("rlaif.loop:run", "all stages, round after round, each in its own process; resumable"),
 }
 
@@ -36,8 +37,10 @@ examples:
   rlaif demo-model                                   # build/cache the offline SmolLM2-135M-Instruct demo model
   rlaif generate --config configs/quickstart.yaml    # candidates on this CPU from the demo model
   rlaif generate --config configs/gpu-8b.yaml generate.n=8   # vLLM on a GPU
-  rlaif run configs/quickstart.yaml                  # every round: generate, judge, train
+  rlaif run configs/quickstart.yaml                  # every round: generate, judge, train, evaluate
+  rlaif evaluate --config configs/quickstart.yaml round=1   # one round's policy vs SFT
   rlaif status runs/quickstart                       # where a run stands
+  rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
   rlaif generate --help                              # every stage has its own help"""
 
 
@@ -60,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                         description="Print a table of rounds x stages with key figures.",
                         epilog="examples:\n  rlaif status runs/quickstart")
     st.add_argument("run_dir", metavar="RUN_DIR")
+    rp = sub.add_parser("report", formatter_class=fmt, help="rebuild RUN_DIR/report.md and its PNG plots",
+                        description="Rebuild RUN_DIR/report.md (a table of rounds, a one-line verdict, warnings) "
+                                    "and winrate.png, length.png, judge_length.png beside it, from the files the "
+                                    "stages wrote. Makes no model or judge call.",
+                        epilog="examples:\n  rlaif report runs/quickstart")
+    rp.add_argument("run_dir", metavar="RUN_DIR")
     sub.add_parser("demo-model", formatter_class=fmt,
                    help="build (once) and print the path of the offline demo model",
                    description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
@@ -71,9 +80,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _stage(name: str, args) -> int:
     target, _ = STAGES[name]
-    if target is None:
-        print(f"rlaif {name}: not implemented yet (see the issue tracker); nothing was done", file=sys.stderr)
-        return 3
     if not args.config and not args.overrides:
         raise UserError(f"rlaif {name}: give --config FILE (and/or key=value overrides); see rlaif {name} --help")
     from rlaif.config import dump_config, load_config
@@ -86,6 +92,22 @@ def _stage(name: str, args) -> int:
     kwargs = {"resume": args.resume} if name == "train" else {}
     out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
     print(f"rlaif {name}: done -> {out}")
+    return 0
+
+
+def _report(run_dir: str) -> int:
+    from rlaif.evaluate.report import write_report
+
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    growth = 0.2
+    if (Path(run_dir) / "config.yaml").exists():
+        from rlaif.config import load_config
+
+        growth = load_config(Path(run_dir) / "config.yaml").run.max_length_growth
+    path = write_report(Path(run_dir), growth)
+    print(path.read_text().splitlines()[0])
+    print(f"rlaif report: done -> {path}")
     return 0
 
 
@@ -105,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             from rlaif.loop import status
 
             return status(args.run_dir)
+        if args.cmd == "report":
+            return _report(args.run_dir)
         if args.cmd == "run" and args.config_file:
             if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
                 args.config = args.config or args.config_file

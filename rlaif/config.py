@@ -98,13 +98,24 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
-    prompts: str | None = Field(None, description="held-out prompts (never used for training)")
-    n_prompts: int | None = Field(None, ge=1)
+    prompts: str | None = Field(None, description="held-out prompts (never used for training); None: no evaluation")
+    prompts_split: str = Field("test", description="split to use when `prompts` is a saved DatasetDict")
+    n_prompts: int | None = Field(None, ge=1, description="first N held-out prompts; None: all")
+    mode: Literal["pairwise", "score"] = Field(
+        "pairwise", description="pairwise: policy vs SFT in both orders; score: each answer scored alone")
+    temperature: float = Field(0.0, ge=0, description="0: greedy; other sampling settings come from generate")
+    max_tokens: int | None = Field(None, ge=1, description="None: generate.max_tokens")
+    vs_previous: bool = Field(True, description="also judge round k's policy against round k-1's")
+    pairs: str | None = Field(None, description="held-out pairs parquet (pairs schema) for implicit-reward accuracy")
+    max_pairs: int = Field(256, ge=1, description="at most this many held-out pairs are scored")
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the win-rate interval")
 
 
 class RunSection(Strict):
     accumulate_pairs: bool = False
-    stop_on_length_hacking: bool = True
+    stop_on_length_hacking: bool = Field(
+        True, description="stop when policy answers grow > max_length_growth while the LC win rate does not rise")
+    max_length_growth: float = Field(0.2, gt=0, description="share of growth in mean tokens per round (0.2 = 20%)")
 
 
 class RunConfig(Strict):

@@ -1,5 +1,9 @@
-"""`rlaif run`: rounds of generate -> judge (+filter) -> train, each stage in its own process so
-GPU memory is released between vLLM and training; `rlaif status`: where a run stands.
+"""`rlaif run`: rounds of generate -> judge (+filter) -> train -> evaluate, each stage in its own
+process so GPU memory is released between vLLM and training; `rlaif status`: where a run stands.
+
+After each round's evaluation RUN_DIR/report.md is rebuilt, and with run.stop_on_length_hacking
+the run stops when answers grew by more than run.max_length_growth while the LC win rate did not
+rise. Without evaluate.prompts there is no held-out set, so rounds end after train (said once).
 
 A stage whose manifest exists is skipped; an unfinished one resumes from its shards, ledger or
 checkpoint. Round k > 0 samples from the SFT model plus round k-1's adapter (or, with
@@ -18,8 +22,13 @@ from rlaif.config import RunConfig, load_config
 from rlaif.errors import UserError
 from rlaif.train.policy import adapter_dir, policy_base
 
-STAGES = ["generate", "judge", "train"]  # evaluate lands with its own issue
-DONE = {"generate": "candidates.manifest.json", "judge": "pairs.card.json", "train": "train/train.manifest.json"}
+STAGES = ["generate", "judge", "train", "evaluate"]
+DONE = {"generate": "candidates.manifest.json", "judge": "pairs.card.json", "train": "train/train.manifest.json",
+        "evaluate": "eval/eval.json"}
+
+
+def stages(cfg: RunConfig) -> list[str]:
+    return STAGES if cfg.evaluate.prompts else STAGES[:-1]
 
 
 class StageFailed(UserError):
@@ -40,13 +49,43 @@ def stage_overrides(cfg: RunConfig, k: int, stage: str) -> list[str]:
     return out
 
 
+def _eval(cfg: RunConfig, k: int) -> dict:
+    try:
+        return json.loads((cfg.round_dir(k) / DONE["evaluate"]).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def length_stop(cfg: RunConfig, k: int) -> str | None:
+    """The early-stop rule after round k (k >= 1), from the two rounds' eval.json."""
+    if k == 0 or not cfg.run.stop_on_length_hacking or not cfg.evaluate.prompts:
+        return None
+    from rlaif.evaluate.metrics import length_hacking
+
+    return length_hacking(_eval(cfg, k - 1), _eval(cfg, k), cfg.run.max_length_growth)
+
+
+def report(cfg: RunConfig) -> Path:
+    from rlaif.evaluate.report import write_report
+
+    return write_report(Path(cfg.run_dir), cfg.run.max_length_growth)
+
+
 def run(cfg: RunConfig) -> Path:
     config = Path(cfg.run_dir) / "config.yaml"  # written by the CLI: the resolved config, no secrets
-    if all(done(cfg, k, s) for k in range(cfg.rounds) for s in STAGES):
-        print(f"run: all {cfg.rounds} rounds of {cfg.run_dir} are already done; nothing to do")
-        return Path(cfg.run_dir)
+    todo = stages(cfg)
+    if not cfg.evaluate.prompts:
+        print("run: evaluate.prompts is not set: no held-out prompts, so rounds are not evaluated "
+              "(no win rate, no length-hacking stop)")
+    ran = False
     for k in range(cfg.rounds):
-        for stage in STAGES:
+        if k > 0 and (msg := length_stop(cfg, k - 1)):
+            return _stopped(cfg, k - 1, msg)
+        if all(done(cfg, k, s) for s in todo):
+            print(f"run: round {k}: done, skipped")
+            continue
+        ran = True
+        for stage in todo:
             if done(cfg, k, stage):
                 print(f"run: round {k} {stage}: done, skipped")
                 continue
@@ -55,7 +94,17 @@ def run(cfg: RunConfig) -> Path:
             code = subprocess.run(cmd, env={**os.environ, "RLAIF_RUN_CHILD": "1"}).returncode
             if code != 0:
                 raise StageFailed(stage, k, code)
-    print(f"run: {cfg.rounds} rounds done; the evaluate stage is not implemented yet, so the run stops after train")
+        print(f"run: round {k} done; report -> {report(cfg)}", flush=True)
+    if (msg := length_stop(cfg, cfg.rounds - 1)):
+        return _stopped(cfg, cfg.rounds - 1, msg)
+    print(f"run: all {cfg.rounds} rounds done{'' if ran else ' already; nothing to do'}; report -> {report(cfg)}")
+    return Path(cfg.run_dir)
+
+
+def _stopped(cfg: RunConfig, k: int, msg: str) -> Path:
+    report(cfg)
+    print(f"run: stopped after round {k}: {msg}. The report ({Path(cfg.run_dir) / 'report.md'}) has the "
+          "figures; to go on anyway, rerun with run.stop_on_length_hacking=false")
     return Path(cfg.run_dir)
 
 
@@ -85,6 +134,15 @@ def _cell(cfg: RunConfig, k: int, stage: str) -> str:
         ckpts = sorted((rdir / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         if ckpts:
             return f"partial: {ckpts[-1].name}"
+    elif stage == "evaluate":
+        if not cfg.evaluate.prompts:
+            return "off (no evaluate.prompts)"
+        if done(cfg, k, stage):
+            e = _eval(cfg, k)
+            pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+            return f"done: win {pct(e.get('win_rate'))}, LC {pct(e.get('lc_win_rate'))}"
+        if (rdir / "eval" / "answers").exists():
+            return "partial: answers"
     return "missing"
 
 
@@ -93,8 +151,8 @@ def status(run_dir: str) -> int:
     if not path.exists():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(path)
-    rows = [[f"round {k}"] + [_cell(cfg, k, s) for s in STAGES] + ["not implemented"] for k in range(cfg.rounds)]
-    header = ["", *STAGES, "evaluate"]
+    rows = [[f"round {k}"] + [_cell(cfg, k, s) for s in STAGES] for k in range(cfg.rounds)]
+    header = ["", *STAGES]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -1,4 +1,4 @@
-"""CLI surface: help that teaches, lazy imports, stubs that refuse to pretend."""
+"""CLI surface: help that teaches, lazy imports, clear errors before any heavy work."""
 import subprocess
 import sys
 
@@ -18,7 +18,7 @@ def test_help_imports_no_heavy_library():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("cmd", ["generate", "judge", "filter", "train", "evaluate", "run", "status", "demo-model"])
+@pytest.mark.parametrize("cmd", ["generate", "judge", "filter", "train", "evaluate", "run", "status", "report", "demo-model"])
 def test_every_subcommand_help_ends_with_examples(cmd):
     res = rlaif_cli(cmd, "--help")
     assert res.returncode == 0, res.stderr
@@ -26,11 +26,22 @@ def test_every_subcommand_help_ends_with_examples(cmd):
     assert f"rlaif {cmd}" in tail
 
 
-@pytest.mark.parametrize("cmd", ["evaluate"])
-def test_unbuilt_stages_fail_loudly(cmd):
-    res = rlaif_cli(cmd, "--config", "configs/quickstart.yaml")
-    assert res.returncode != 0
-    assert "not implemented yet" in res.stderr
+def test_evaluate_without_heldout_prompts_says_which_key(tmp_path):
+    res = rlaif_cli("evaluate", "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}", "evaluate.prompts=null")
+    assert res.returncode == 2
+    assert "evaluate.prompts: not set" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_evaluate_refuses_trained_prompts_as_heldout(tmp_path):
+    res = rlaif_cli("evaluate", "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}",
+                    "evaluate.prompts=configs/prompts/quickstart.jsonl")
+    assert res.returncode == 2
+    assert "also appear in the training prompts" in res.stderr and "prompt_id" in res.stderr
+
+
+def test_report_on_a_missing_folder(tmp_path):
+    res = rlaif_cli("report", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "no such run folder" in res.stderr
 
 
 def test_generate_without_config_is_a_clear_error():

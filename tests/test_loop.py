@@ -1,4 +1,5 @@
-"""`rlaif run` and `rlaif status` on the tiny model: two rounds, resumable after kill -9."""
+"""`rlaif run` and `rlaif status` on the tiny model: two rounds with evaluation and the report,
+resumable after kill -9."""
 import json
 import os
 import random
@@ -21,7 +22,7 @@ def _args(run_dir, tiny_model):
             "generate.max_prompts=6", "generate.n=3", "generate.max_tokens=12", "generate.temperature=1.0",
             "judge.mode=score", "filter.drop_length_truncated=false", "filter.max_length_ratio=null",
             "train.max_steps=2", "train.batch_size=2", "train.max_length=128", "train.save_steps=1",
-            "train.learning_rate=1e-3"]
+            "train.learning_rate=1e-3", "evaluate.n_prompts=4"]
 
 
 def _final(run_dir):
@@ -42,19 +43,42 @@ def clean_run(tmp_path_factory, tiny_model):
 
 def test_two_rounds_then_nothing_to_do(clean_run, tiny_model):
     run_dir, res = clean_run
-    assert "evaluate stage is not implemented yet" in res.stdout
+    assert "run: all 2 rounds done; report ->" in res.stdout
     gen1 = json.loads((run_dir / "round-1" / "candidates.manifest.json").read_text())
     assert gen1["adapter"] == str((run_dir / "round-0" / "train" / "adapter").resolve())  # round 1 samples the policy
     assert gen1["model_path"] == str(tiny_model)
     c1 = pl.read_parquet(run_dir / "round-1" / "candidates" / "part-00000.parquet")
     assert (c1["round"] == 1).all() and c1["adapter"].is_not_null().all()
     again = rlaif_cli(*_args(run_dir, tiny_model))
-    assert again.returncode == 0 and "already done; nothing to do" in again.stdout
+    assert again.returncode == 0 and "already; nothing to do" in again.stdout
     st = rlaif_cli("status", str(run_dir))
     assert st.returncode == 0
     rows = st.stdout.splitlines()
     assert rows[0].split() == ["generate", "judge", "train", "evaluate"]
-    assert rows[1].startswith("round 0") and rows[2].startswith("round 1") and rows[2].count("done") == 3
+    assert rows[1].startswith("round 0") and rows[2].startswith("round 1") and rows[2].count("done") == 4
+    assert "done: win" in rows[2]
+
+
+def test_each_round_evaluated_and_reported(clean_run):
+    from matplotlib.image import imread
+
+    run_dir, _ = clean_run
+    evals = [json.loads((run_dir / f"round-{k}" / "eval" / "eval.json").read_text()) for k in (0, 1)]
+    for e in evals:
+        assert e["mode"] == "score" and e["n_prompts"] == 4
+        assert e["win_rate"] is None or 0 <= e["win_rate"] <= 1
+    assert evals[0]["vs_previous"] is None and evals[1]["vs_previous"] is not None
+    # the SFT answers are made once per run and shared by both rounds
+    assert len(list((run_dir / "eval-sft" / "candidates").glob("part-*.parquet"))) == 1
+    report = (run_dir / "report.md").read_text()
+    rows = [ln for ln in report.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1 ")]
+    assert len(rows) == 2, report
+    for png in ("length.png", "winrate.png", "judge_length.png"):
+        if png != "length.png" and evals[-1]["win_rate"] is None:
+            continue  # nothing judged validly: no rate to plot (the table says "-")
+        img = imread(run_dir / png)
+        assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01, png  # a real, non-blank image
+        assert f"({png})" in report
 
 
 def test_status_shows_partial_and_missing(tmp_path, tiny_model):
@@ -63,7 +87,7 @@ def test_status_shows_partial_and_missing(tmp_path, tiny_model):
     assert cfg_only.returncode == 0, cfg_only.stderr
     st = rlaif_cli("status", str(tmp_path))
     lines = st.stdout.splitlines()
-    assert "done: 3 cand." in lines[1] and "missing" in lines[1] and lines[2].count("missing") == 3
+    assert "done: 3 cand." in lines[1] and "missing" in lines[1] and lines[2].count("missing") == 4
 
 
 def test_kill_9_at_a_random_stage_then_rerun_matches(clean_run, tmp_path, tiny_model):

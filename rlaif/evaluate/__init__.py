@@ -1,5 +1,3 @@
-"""evaluate: win rate and length-controlled win rate of a round's policy vs the SFT model.
-
-The metrics (metrics.py) and the run report (report.py) are built; the stage that generates the
-held-out answers and judges them is not yet wired to the CLI (`rlaif evaluate` says so).
-"""
+"""evaluate: round K's policy vs the SFT model on held-out prompts (stage.py), the metrics
+(metrics.py: win rate, bootstrap interval, length-controlled win rate, length-hacking rule) and
+the run report (report.py: RUN_DIR/report.md with PNG plots)."""

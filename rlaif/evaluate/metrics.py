@@ -144,25 +144,68 @@ def _num(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def summarize(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series, tokens: Mapping[str, int] | pl.DataFrame,
-              reward_accuracy: float | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
-    """The eval.json contract. Lengths are over every policy / SFT answer that entered a
-    comparison, invalid ones included, so excluding invalid verdicts cannot hide length drift."""
-    ids = list(policy_ids)
-    out = outcomes(judgments, ids, tokens)
-    y = out["y"].to_numpy()
+OUTCOME_SCHEMA = {"prompt_id": pl.String, "policy_id": pl.String, "sft_id": pl.String, "policy_first": pl.String,
+                  "sft_first": pl.String, "y": pl.Float64, "len_policy": pl.Int64, "len_sft": pl.Int64}
+
+
+def tie_outcomes(matchups: pl.DataFrame, tokens: Mapping[str, int] | pl.DataFrame,
+                 label: str = "identical") -> pl.DataFrame:
+    """Outcome rows (y = 0.5) for matchups never sent to the judge, e.g. identical answers: a
+    greedy policy that has not moved says exactly what SFT says, and that is a tie, not a gap."""
+    tok = _as_tokens(tokens)
+    return (matchups.select("prompt_id", "policy_id", "sft_id")
+            .with_columns(policy_first=pl.lit(label), sft_first=pl.lit(label), y=pl.lit(0.5))
+            .join(tok.rename({"candidate_id": "policy_id", "num_tokens": "len_policy"}), on="policy_id", how="left")
+            .join(tok.rename({"candidate_id": "sft_id", "num_tokens": "len_sft"}), on="sft_id", how="left")
+            .select([C(k).cast(v) for k, v in OUTCOME_SCHEMA.items()]))
+
+
+def score_outcomes(judgments: pl.DataFrame, matchups: pl.DataFrame,
+                   tokens: Mapping[str, int] | pl.DataFrame) -> pl.DataFrame:
+    """Outcomes from score-mode verdicts: the higher-scored answer wins, equal scores tie; a
+    matchup where either answer has no valid score is left out (as an invalid verdict is)."""
+    sc = (judgments.filter((C("kind") == "score") & (C("verdict") == "score") & C("score_a").is_not_null())
+          .group_by("a_id").agg(C("score_a").first()))
+    m = (matchups.select("prompt_id", "policy_id", "sft_id")
+         .join(sc.rename({"a_id": "policy_id", "score_a": "score_policy"}), on="policy_id")
+         .join(sc.rename({"a_id": "sft_id", "score_a": "score_sft"}), on="sft_id"))
+    sp, ss = C("score_policy"), C("score_sft")
+    win = pl.when(sp > ss).then(pl.lit("policy")).when(sp < ss).then(pl.lit("sft")).otherwise(pl.lit("tie"))
+    y = pl.when(sp > ss).then(1.0).when(sp < ss).then(0.0).otherwise(0.5)
+    out = m.with_columns(policy_first=win, sft_first=win, y=y)
+    return tie_outcomes(out, tokens).drop("policy_first", "sft_first", "y").join(
+        out.select("policy_id", "sft_id", "policy_first", "sft_first", "y", "score_policy", "score_sft"),
+        on=["policy_id", "sft_id"]).select(*OUTCOME_SCHEMA, "score_policy", "score_sft")
+
+
+def summarize_outcomes(out: pl.DataFrame, policy_tokens, sft_tokens, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Win rate, its prompt-clustered bootstrap interval, LC win rate and the length figures.
+    Lengths are over every policy / SFT answer given (not only the validly judged ones), so
+    excluding invalid verdicts cannot hide length drift."""
+    y = out["y"].to_numpy() if out.height else np.array([])
     lc, coef = lc_win_rate(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy()) if out.height else (None, None)
     lo, hi = bootstrap_ci(y, n_boot, seed, groups=out["prompt_id"].to_numpy()) if out.height else (None, None)
+    res = {"win_rate": _num(win_rate(y)) if out.height else None, "win_rate_ci": [_num(lo), _num(hi)],
+           "lc_win_rate": _num(lc), "length_coef": _num(coef), "n_comparisons": out.height}
+    for side, s in (("policy", policy_tokens), ("sft", sft_tokens)):
+        s = pl.Series(s, dtype=pl.Float64).drop_nulls()
+        res[f"{side}_mean_tokens"] = _num(s.mean()) if s.len() else None
+        res[f"{side}_median_tokens"] = _num(s.median()) if s.len() else None
+    return res
+
+
+def summarize(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series, tokens: Mapping[str, int] | pl.DataFrame,
+              reward_accuracy: float | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The eval.json contract from pairwise judgments alone. Lengths are over every policy / SFT
+    answer that entered a comparison, invalid ones included."""
+    ids = list(policy_ids)
+    out = outcomes(judgments, ids, tokens)
     comp, tok = _compared(judgments, ids), _as_tokens(tokens)
     lens = {side: tok.join(comp.select(C(f"{side}_id").unique().alias("candidate_id")), on="candidate_id")["num_tokens"]
             for side in ("policy", "sft")}
-    res = {"win_rate": _num(win_rate(y)) if out.height else None, "win_rate_ci": [_num(lo), _num(hi)],
-           "lc_win_rate": _num(lc), "length_coef": _num(coef)}
-    for side, s in lens.items():
-        res[f"{side}_mean_tokens"] = _num(s.mean()) if s.len() else None
-        res[f"{side}_median_tokens"] = _num(s.median()) if s.len() else None
+    res = summarize_outcomes(out, lens["policy"], lens["sft"], n_boot, seed)
     res.update(position_consistency=position_consistency(judgments), invalid_rate=invalid_rate(judgments),
-               n_comparisons=out.height, **{f"n_{k}": v for k, v in pair_counts(judgments, ids).items()})
+               **{f"n_{k}": v for k, v in pair_counts(judgments, ids).items()})
     if reward_accuracy is not None:
         res["reward_accuracy"] = float(reward_accuracy)
     return res

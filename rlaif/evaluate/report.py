@@ -15,7 +15,7 @@ from rlaif.io import atomic_write, write_text
 from rlaif.stats import length_feature, logistic_fit
 
 COLUMNS = ("round", "pairs kept", "top filter removals", "judge consistency", "longer wins", "win rate (95% CI)",
-           "LC win rate", "mean tokens policy / SFT", "judge USD", "wall s generate / train")
+           "LC win rate", "mean tokens policy / SFT", "judge USD", "wall s generate / judge / train / eval")
 
 
 def _load(path: Path) -> dict:
@@ -75,7 +75,8 @@ def _row(r: dict) -> list[str]:
     if win != "-" and None not in ci:
         win += f" ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})"
     lengths = f"{_num(e.get('policy_mean_tokens'))} / {_num(e.get('sft_mean_tokens'))}" if e else "-"
-    wall = f"{_num(_get(r['gen'], 'timing', 'wall_s'))} / {_num(_get(r['train'], 'timing', 'wall_s'))}"
+    wall = " / ".join(_num(x) for x in (_get(r["gen"], "timing", "wall_s"), r["judge"].get("seconds_this_run"),
+                                         _get(r["train"], "timing", "wall_s"), _get(e, "timing", "wall_s")))
     return [str(r["round"]), _num(r["card"].get("kept")), _removals(r["card"]),
             _num(r["judge"].get("position_consistency"), "{:.2f}"),
             _pct(r["judge"].get("longer_wins_rate")), win, _pct(e.get("lc_win_rate")), lengths,
@@ -101,6 +102,9 @@ def headline(rounds: list[dict]) -> str:
     mp, ms = e.get("policy_mean_tokens"), e.get("sft_mean_tokens")
     if _isnum(mp) and _isnum(ms) and ms > 0:
         text += f"; responses {abs(mp / ms - 1):.0%} {'longer' if mp >= ms else 'shorter'} than SFT's"
+    n, same = e.get("n_prompts"), e.get("n_identical")
+    if _isnum(n) and _isnum(same) and same:
+        text += f"; {same} of {n} answers identical to SFT's (ties)"
     lc, w = e.get("lc_win_rate"), e["win_rate"]
     if _isnum(lc) and w > 0.5 >= lc:
         text += "; the lead disappears once length is controlled"
@@ -207,8 +211,8 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     lines = [headline(rounds), "", f"# Run report: {run_dir.name}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in rounds]
-    lines += ["", "Win rate: policy vs SFT on held-out prompts, both orders; ties and order-inconsistent verdicts "
-              "count half. LC: AlpacaEval 2-style length-controlled win rate (logistic fit on tanh-standardised "
+    lines += ["", "Win rate: policy vs SFT on held-out prompts (pairwise mode: judged in both orders; score mode: "
+              "the higher judge score wins); ties, identical answers and order-inconsistent verdicts count half. LC: AlpacaEval 2-style length-controlled win rate (logistic fit on tanh-standardised "
               "length difference, at zero difference). Judge consistency / longer wins / USD: the training "
               "judge's audit (judge-report.json)."]
     evald = [r for r in rounds if r["eval"]]

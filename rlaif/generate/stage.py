@@ -42,11 +42,13 @@ def render(tok, messages: list[dict]) -> list[int]:
     return list(enc["input_ids"])
 
 
-def fingerprint(cfg: RunConfig, prompts: pl.DataFrame) -> str:
+def fingerprint(cfg: RunConfig, prompts: pl.DataFrame, tag: str | None = None) -> str:
     """What the candidates depend on; finished shards are reused only under the same fingerprint."""
     g = cfg.generate.model_dump(exclude={"batch_size"} if cfg.generate.backend == "vllm" else set())
-    return stable_id({"model": cfg.model, "generate": g, "seed": cfg.seed, "round": cfg.round,
-                      "prompts": prompts.to_dicts()})
+    what = {"model": cfg.model, "generate": g, "seed": cfg.seed, "round": cfg.round, "prompts": prompts.to_dicts()}
+    if tag and tag != f"r{cfg.round}":  # only non-default ids enter, so training candidates keep their fingerprint
+        what["tag"] = tag
+    return stable_id(what)
 
 
 def _plan(cfg: RunConfig, prompts: pl.DataFrame, tok, context: int | None, fp: str) -> dict:
@@ -89,29 +91,34 @@ def _versions(backend: str) -> dict:
     return out
 
 
-def _rows(cfg: RunConfig, model_name: str, pids: list[str], chats: dict, samples, seed: int) -> pl.DataFrame:
+def _rows(cfg: RunConfig, model_name: str, pids: list[str], chats: dict, samples, seed: int, tag: str) -> pl.DataFrame:
     rows = []
     for pid, outs in zip(pids, samples):
         for j, s in enumerate(outs):
-            rows.append({"prompt_id": pid, "candidate_id": f"{pid}/r{cfg.round}/{j}", "round": cfg.round,
+            rows.append({"prompt_id": pid, "candidate_id": f"{pid}/{tag}/{j}", "round": cfg.round,
                          "messages": chats[pid], "response": s.text, "num_tokens": s.num_tokens,
                          "finish_reason": s.finish_reason, "model": model_name, "adapter": cfg.generate.adapter,
                          "seed": seed})
     return pl.DataFrame(rows, schema=CANDIDATES_SCHEMA)
 
 
-def run(cfg: RunConfig) -> Path:
+def run(cfg: RunConfig, *, out_dir: Path | None = None, prompts: pl.DataFrame | None = None,
+        tag: str | None = None, desc: str = "generate") -> Path:
+    """The `rlaif generate` stage. The evaluate stage reuses it for held-out answers: `out_dir`
+    replaces the round folder, `prompts` the config's prompts, `tag` the "rK" in candidate ids."""
     from tqdm.auto import tqdm
 
     from rlaif.generate.backends import load_backend
 
     g = cfg.generate
-    rdir = cfg.round_dir()
-    prompts = read_prompts(cfg.prompts, cfg.prompts_split)
+    rdir = Path(out_dir) if out_dir is not None else cfg.round_dir()
+    tag = tag or f"r{cfg.round}"
+    if prompts is None:
+        prompts = read_prompts(cfg.prompts, cfg.prompts_split)
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     model = resolve_model(g.model or cfg.model)
-    fp = fingerprint(cfg, prompts)
+    fp = fingerprint(cfg, prompts, tag)
     if (rdir / MANIFEST).exists():
         if json.loads((rdir / MANIFEST).read_text()).get("fingerprint") != fp:
             raise UserError(f"{rdir / MANIFEST}: these candidates came from a different model/prompts/sampling "
@@ -139,14 +146,14 @@ def run(cfg: RunConfig) -> Path:
         backend = load_backend(g.backend, model, g, cfg.seed)
         load_s = time.perf_counter() - t0
         done_prompts = sum(len(s) for i, s in enumerate(plan["shards"]) if i not in todo)
-        bar = tqdm(total=sum(len(s) for s in plan["shards"]), initial=done_prompts, unit="prompt", desc="generate")
+        bar = tqdm(total=sum(len(s) for s in plan["shards"]), initial=done_prompts, unit="prompt", desc=desc)
         for i in todo:
             pids = plan["shards"][i]
             seed = int(stable_id([cfg.seed, cfg.round, i]), 16) % 2**31
             t1 = time.perf_counter()
             samples = backend.generate([plan["_tokens"][p] for p in pids], seed)
             gen_s += time.perf_counter() - t1
-            df = _rows(cfg, g.model or cfg.model, pids, chats, samples, seed)
+            df = _rows(cfg, g.model or cfg.model, pids, chats, samples, seed, tag)
             write_parquet(out / f"part-{i:05d}.parquet", df)
             # Greedy transformers runs decode once and copy n times: count decoded tokens only.
             copies = g.n if (g.temperature == 0 and g.backend == "transformers") else 1

@@ -54,6 +54,7 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "input_tokens": int(judgments["input_tokens"].sum()), "output_tokens": int(judgments["output_tokens"].sum()),
         "cost_usd": float(judgments["cost_usd"].sum()), "ledger_cost_usd": runner.cost,
         "calls_per_s": stats["calls_made"] / stats["seconds"] if stats["seconds"] else None,
+        "seconds_this_run": round(stats["seconds"], 3),
         "invalid_rate": _rate(judgments["verdict"] == "invalid"),
         "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
         **position_stats(pw), **length_stats(pw, cands),

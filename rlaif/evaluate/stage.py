@@ -1,0 +1,259 @@
+"""The evaluate stage: does round K's policy beat the SFT model on prompts it never trained on?
+
+    rlaif evaluate --config configs/quickstart.yaml round=1
+
+1. Answers: the SFT model answers the held-out prompts once per run (RUN_DIR/eval-sft/), round
+   K's policy (its base plus its adapter) answers them in RUN_DIR/round-K/eval/answers/; both
+   through the generate stage, with the generate settings except n=1 and evaluate.temperature
+   (greedy by default). Both are resumable shards, as in generate.
+2. Verdicts: the judge compares policy vs SFT answers pairwise in both orders (or scores each,
+   evaluate.mode=score) through the round's ledger, so a rerun pays for nothing twice.
+   Identical answers are ties and are never sent.
+3. eval/eval.json: win rate with a bootstrap interval, length-controlled win rate, lengths,
+   judge health, implicit-reward accuracy on held-out pairs, and the same against round K-1's
+   policy. eval/outcomes.parquet holds one row per compared prompt (metrics.py has the schema).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.config import RunConfig
+from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
+from rlaif.evaluate import metrics as M
+from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
+from rlaif.judge.ledger import Ledger
+from rlaif.judge.stage import Runner, _call, _norm, derive, judge_model_name, read_candidates
+from rlaif.train.policy import adapter_dir, policy_base
+
+EVAL_JSON = Path("eval") / "eval.json"
+
+
+def sft_dir(cfg: RunConfig) -> Path:
+    """SFT answers to the held-out prompts: the same for every round, so made once per run."""
+    return Path(cfg.run_dir) / "eval-sft"
+
+
+def answers_dir(cfg: RunConfig, k: int) -> Path:
+    return cfg.round_dir(k) / "eval" / "answers"
+
+
+def heldout_prompts(cfg: RunConfig) -> pl.DataFrame:
+    e = cfg.evaluate
+    if not e.prompts:
+        raise UserError("evaluate.prompts: not set; name a held-out prompts file (never used for training), "
+                        "e.g. evaluate.prompts=configs/prompts/quickstart-heldout.jsonl")
+    prompts = read_prompts(e.prompts, e.prompts_split)
+    if e.n_prompts:
+        prompts = prompts.head(e.n_prompts)
+    trained = {json.dumps(m, sort_keys=True) for m in read_prompts(cfg.prompts, cfg.prompts_split)["messages"].to_list()}
+    leaked = [pid for pid, m in zip(prompts["prompt_id"], prompts["messages"].to_list())
+              if json.dumps(m, sort_keys=True) in trained]
+    if leaked:
+        raise UserError(f"{e.prompts}: {len(leaked)} held-out prompt(s) also appear in the training prompts "
+                        f"{cfg.prompts} (first: prompt_id {leaked[0]!r}); a win rate on trained prompts "
+                        "measures memory, not improvement: remove them from one file")
+    return prompts
+
+
+def answers(cfg: RunConfig, prompts: pl.DataFrame, k: int | None) -> pl.DataFrame:
+    """Round k's policy answers (k=None: the SFT model's), generated if not there yet."""
+    from rlaif.generate.stage import run as generate
+
+    e = cfg.evaluate
+    upd = {"n": 1, "temperature": e.temperature, "max_tokens": e.max_tokens or cfg.generate.max_tokens,
+           "max_prompts": None, "model": None, "adapter": None}
+    if k is not None:
+        adapter = adapter_dir(cfg, k)
+        if not (adapter / "adapter_config.json").exists():
+            raise UserError(f"{adapter}: round {k} has no trained adapter; run `rlaif train round={k}` first")
+        upd.update(model=policy_base(cfg, k), adapter=str(adapter.resolve()))
+    sub = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=upd), "round": 0 if k is None else k})
+    out = sft_dir(cfg) if k is None else answers_dir(cfg, k)
+    generate(sub, out_dir=out, prompts=prompts, tag="eval-sft" if k is None else f"eval-r{k}",
+             desc="evaluate: SFT answers" if k is None else f"evaluate: round {k} answers")
+    return read_candidates(out)
+
+
+def matchups(policy: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
+    """One row per held-out prompt both sides answered: ids, texts and whether the texts are the same."""
+    cols = ["prompt_id", "candidate_id", "response", "messages"]
+    m = policy.select(cols).join(other.select(cols[:3]), on="prompt_id", suffix="_o")
+    return m.select("prompt_id", "messages", policy_id="candidate_id", sft_id="candidate_id_o",
+                    policy_text="response", sft_text="response_o").with_columns(
+        identical=pl.struct("policy_text", "sft_text").map_elements(
+            lambda r: _norm(r["policy_text"]) == _norm(r["sft_text"]), return_dtype=pl.Boolean)).sort("prompt_id")
+
+
+def plan_calls(cfg: RunConfig, model: str, m: pl.DataFrame) -> list:
+    sent = m.filter(~pl.col("identical"))
+    calls = []
+    for r in sent.iter_rows(named=True):
+        a, b = (r["policy_id"], r["policy_text"]), (r["sft_id"], r["sft_text"])
+        if cfg.evaluate.mode == "pairwise":
+            calls += [_call(cfg, model, "pairwise", r["prompt_id"], r["messages"], a, b, o) for o in ("ab", "ba")]
+        else:
+            calls += [_call(cfg, model, "score", r["prompt_id"], r["messages"], x, None, None) for x in (a, b)]
+    return calls
+
+
+def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict) -> tuple[pl.DataFrame, dict]:
+    """Outcome rows (judged + identical ties) and their summary."""
+    ties = M.tie_outcomes(m.filter(pl.col("identical")), tokens)
+    if cfg.evaluate.mode == "pairwise":
+        judged = M.outcomes(judgments, m["policy_id"], tokens).select(list(M.OUTCOME_SCHEMA))
+        judged = judged.select([pl.col(k).cast(v) for k, v in M.OUTCOME_SCHEMA.items()])
+    else:
+        judged = M.score_outcomes(judgments, m.filter(~pl.col("identical")), tokens)
+        ties = ties.with_columns(score_policy=pl.lit(None, pl.Float64), score_sft=pl.lit(None, pl.Float64))
+    out = pl.concat([judged, ties]).sort("prompt_id")
+    res = M.summarize_outcomes(out, [tokens.get(i) for i in m["policy_id"]], [tokens.get(i) for i in m["sft_id"]],
+                               cfg.evaluate.n_boot, cfg.seed)
+    res.update(n_prompts=m.height, n_identical=ties.height,
+               n_judged_pairs=m.height - ties.height,
+               n_excluded=m.height - out.height,  # an invalid verdict in either order, or no valid score
+               position_consistency=M.position_consistency(judgments) if cfg.evaluate.mode == "pairwise" else None,
+               invalid_rate=M.invalid_rate(judgments.filter(pl.col("kind") == cfg.evaluate.mode)),
+               judge_cost_usd=float(judgments["cost_usd"].sum()) if judgments.height else 0.0)
+    return out, res
+
+
+def judge(cfg: RunConfig, model: str, groups: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Send every group's missing calls through the round's ledger; judgments per group."""
+    j = cfg.judge
+    if j.backend == "openai" and not os.environ.get(j.api_key_env):
+        raise UserError(f"judge.backend=openai: environment variable {j.api_key_env} is not set")
+    ledger = Ledger(j.ledger or cfg.round_dir() / "judge-ledger.sqlite")
+    runner = Runner(cfg, ledger, model)
+    plans = {name: plan_calls(cfg, model, m) for name, m in groups.items()}
+    try:
+        runner.execute([c for p in plans.values() for c in p], f"evaluate: judge ({cfg.evaluate.mode})")
+        out = {name: derive(ledger, p) for name, p in plans.items()}
+    finally:
+        ledger.close()
+    pending = sum(len({c.key for c in p}) - out[n]["key"].n_unique() for n, p in plans.items())
+    if runner.stopped:
+        raise BudgetExceeded(f"evaluate stopped: {runner.stopped}; {pending} calls pending. Rerun with a higher "
+                             "cap to continue: finished calls are never paid again")
+    if pending:
+        raise JudgeIncomplete(f"evaluate: {pending} judge calls got no reply after all retries "
+                              f"(last error: {runner.last_error}); rerun to retry only those")
+    return out
+
+
+def reward_accuracy(cfg: RunConfig, k: int) -> dict | None:
+    """DPO's implicit reward beta * (log pi(y|x) - log ref(y|x)) on held-out pairs: the share where
+    chosen outranks rejected (Rafailov et al. 2023, eq. 5; strict, as TRL's rewards/accuracies).
+    The reference is the adapter's base with the adapter off, which is DPO's reference under both
+    train.reference settings (see rlaif.train.policy)."""
+    path = cfg.evaluate.pairs
+    if not path:
+        return None
+    if not Path(path).exists():
+        raise UserError(f"evaluate.pairs {path}: file not found")
+    pairs = read_parquet_checked(Path(path), PAIRS_SCHEMA, "pairs").head(cfg.evaluate.max_pairs)
+    if pairs.is_empty():
+        return None
+    import torch
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.generate.stage import render
+    from rlaif.models import default_dtype
+
+    base = policy_base(cfg, k)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=default_dtype()),
+                                      str(adapter_dir(cfg, k))).eval()
+
+    def logp(chat: list[dict], response: str) -> tuple[float, float]:
+        prompt = render(tok, chat)
+        full = list(tok.apply_chat_template(chat + [{"role": "assistant", "content": response}], tokenize=True,
+                                            return_dict=True)["input_ids"])[:cfg.train.max_length]
+        n = len(prompt) if full[:len(prompt)] == prompt else 0
+        if n == 0 or n >= len(full):  # template does not extend the prompt, or no room for the response
+            raise UserError(f"{path}: pair for prompt cannot be scored within train.max_length={cfg.train.max_length}")
+        ids = torch.tensor([full])
+        res = []
+        for on in (True, False):
+            with torch.no_grad():
+                if on:
+                    logits = model(input_ids=ids).logits
+                else:
+                    with model.disable_adapter():
+                        logits = model(input_ids=ids).logits
+            lp = torch.log_softmax(logits[0, n - 1:-1].float(), -1).gather(1, ids[0, n:, None]).sum()
+            res.append(float(lp))
+        return res[0], res[1]
+
+    c_ratio, r_ratio = [], []
+    for r in tqdm(pairs.iter_rows(named=True), total=pairs.height, desc="evaluate: held-out pairs", unit="pair"):
+        chat = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
+        (cp, cr), (rp, rr) = logp(chat, r["chosen"]), logp(chat, r["rejected"])
+        c_ratio.append(cp - cr)
+        r_ratio.append(rp - rr)
+    beta = cfg.train.beta
+    margins = [beta * (c - r) for c, r in zip(c_ratio, r_ratio)]
+    return {"reward_accuracy": M.implicit_reward_accuracy(c_ratio, r_ratio, beta),
+            "reward_margin_mean": sum(margins) / len(margins), "n_reward_pairs": len(margins)}
+
+
+def run(cfg: RunConfig) -> Path:
+    k, t0 = cfg.round, time.perf_counter()
+    edir = cfg.round_dir() / "eval"
+    prompts = heldout_prompts(cfg)
+    model = judge_model_name(cfg)
+    sft = answers(cfg, prompts, None)
+    pol = answers(cfg, prompts, k)
+    groups = {"sft": matchups(pol, sft)}
+    prev = None
+    if cfg.evaluate.vs_previous and k > 0:
+        prev = answers(cfg, prompts, k - 1)
+        groups["previous"] = matchups(pol, prev)
+    t_gen = time.perf_counter() - t0
+    tokens = dict(zip(pl.concat([pol, sft] + ([prev] if prev is not None else []))["candidate_id"],
+                      pl.concat([pol, sft] + ([prev] if prev is not None else []))["num_tokens"]))
+    judgments = judge(cfg, model, groups)
+    out, res = compare(cfg, groups["sft"], judgments["sft"], tokens)
+    write_parquet(edir / "judgments.parquet", pl.concat(list(judgments.values())).unique("key", maintain_order=True))
+    write_parquet(edir / "outcomes.parquet", out)
+    vs_prev = None
+    if prev is not None:
+        out_p, vs_prev = compare(cfg, groups["previous"], judgments["previous"], tokens)
+        write_parquet(edir / "outcomes-vs-previous.parquet", out_p)
+        vs_prev = {key: vs_prev[key] for key in ("win_rate", "win_rate_ci", "lc_win_rate", "length_coef",
+                                                 "n_comparisons", "n_identical", "position_consistency")}
+    ra = reward_accuracy(cfg, k)
+    result = {"round": k, **res, **(ra or {}), "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
+              "judge_model": model, "heldout_prompts": cfg.evaluate.prompts,
+              "policy": {"base": policy_base(cfg, k), "adapter": str(adapter_dir(cfg, k).resolve())},
+              "sampling": {"temperature": cfg.evaluate.temperature,
+                           "max_tokens": cfg.evaluate.max_tokens or cfg.generate.max_tokens},
+              "timing": {"answers_s": round(t_gen, 3), "wall_s": round(time.perf_counter() - t0, 3)}}
+    path = write_json(cfg.round_dir() / EVAL_JSON, result)
+    print(headline(result))
+    return path
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def headline(e: dict) -> str:
+    lo, hi = e["win_rate_ci"]
+    text = (f"evaluate: round {e['round']} vs SFT on {e['n_prompts']} held-out prompts: win rate "
+            f"{_pct(e['win_rate'])} (95% CI {_pct(lo)}–{_pct(hi)}), LC win rate {_pct(e['lc_win_rate'])}, "
+            f"mean tokens {e['policy_mean_tokens'] or 0:.1f} vs {e['sft_mean_tokens'] or 0:.1f}, "
+            f"{e['n_identical']} identical answers (ties)")
+    if e.get("position_consistency") is not None:
+        text += f", judge position consistency {e['position_consistency']:.2f}"
+    if e.get("vs_previous"):
+        text += f"; vs round {e['round'] - 1}: {_pct(e['vs_previous']['win_rate'])}"
+    if e.get("reward_accuracy") is not None:
+        text += f"; implicit-reward accuracy {_pct(e['reward_accuracy'])} on {e['n_reward_pairs']} held-out pairs"
+    return text
