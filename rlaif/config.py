@@ -34,7 +34,11 @@ class GenerateConfig(Strict):
     adapter: str | None = Field(None, description="LoRA adapter folder to sample from (later rounds)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     # vLLM only
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine (shards one model across them)")
+    data_parallel_size: int = Field(
+        1, ge=1, description="vLLM engines on one machine, each on its own tensor_parallel_size GPUs, splitting the shards")
+    worker: str | None = Field(
+        None, pattern=r"^\d+/\d+$", description='"I/N": this process samples only shards i with i % N == I (multi-node)')
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, needed on CPU vLLM)")
     max_lora_rank: int = Field(64, ge=1)
@@ -62,6 +66,18 @@ class JudgeConfig(Strict):
     min_consistency: float = Field(0.6, ge=0, le=1, description="fail the round if position consistency is below this")
     max_input_tokens: int = Field(8192, ge=64, description="judge context; longer inputs are rejected, not sent")
     max_response_chars: int = Field(100_000, ge=1, description="longer candidate texts are rejected, not sent")
+    # rate limits (openai backend): shared by every concurrent call of the process, adapting down on 429s
+    rpm: int | None = Field(None, ge=1, description="requests per minute limit; None: unlimited")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute limit (input + max_tokens estimate); None: unlimited")
+    # the OpenAI Batch API (openai backend)
+    mode_api: Literal["live", "batch"] = Field("live", description="live: chat calls now; batch: the Batch API (24h, half price)")
+    batch_discount: float = Field(0.5, gt=0, le=1, description="batch price = prices x this (OpenAI: 50% off)")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (OpenAI limit: 50,000)")
+    batch_max_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="bytes per batch file (OpenAI limit: 200 MB)")
+    batch_poll_s: float = Field(30.0, gt=0, description="first poll interval; doubles up to batch_max_poll_s")
+    batch_max_poll_s: float = Field(600.0, gt=0)
+    batch_completion_window: str = Field("24h", description="the Batch API's completion_window")
+    batch_fallback_live: bool = Field(False, description="send expired or failed batch items as live calls")
 
 
 class FilterConfig(Strict):

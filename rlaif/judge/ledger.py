@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS calls (
   input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL, error TEXT, raw TEXT,
   attempts INTEGER, request TEXT, created_at REAL
 );
+-- Batch API submissions (rlaif.judge.batch), recorded before each remote step so a rerun after a
+-- crash resumes the same chunk instead of submitting its keys again.
+-- status: planned (keys fixed) -> uploaded (input_file_id) -> submitted (batch_id) -> done (folded)
+CREATE TABLE IF NOT EXISTS batches (
+  chunk_id TEXT PRIMARY KEY, status TEXT NOT NULL, keys TEXT NOT NULL, input_file_id TEXT, batch_id TEXT,
+  batch_status TEXT, created_at REAL, updated_at REAL
+);
 """
 
 
@@ -83,6 +90,34 @@ class Ledger:
         # A ledger shared across runs can be large: fetch only the asked-for keys.
         rows = list(self.db.execute(q)) if keys is None else self._where_key_in(q, keys)
         return pl.DataFrame(rows, schema=JUDGMENTS_SCHEMA, orient="row").sort("key")
+
+    # -- Batch API chunks
+
+    def open_chunks(self) -> list[dict]:
+        cur = self.db.execute("SELECT chunk_id, status, keys, input_file_id, batch_id, batch_status, created_at "
+                              "FROM batches WHERE status != 'done' ORDER BY created_at, chunk_id")
+        return [{**dict(zip(("chunk_id", "status", "keys", "input_file_id", "batch_id", "batch_status",
+                             "created_at"), r)), "keys": json.loads(r[2])} for r in cur]
+
+    def add_chunks(self, chunks: list[tuple[str, list[str]]]) -> None:
+        """Plan chunks (id, keys) in one transaction: all or none survive a crash."""
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO batches (chunk_id, status, keys, created_at, updated_at) "
+                                "VALUES (?, 'planned', ?, ?, ?)", [(c, json.dumps(k), now, now) for c, k in chunks])
+
+    def update_chunk(self, chunk_id: str, **fields) -> None:
+        cols = list(fields)
+        self.db.execute(f"UPDATE batches SET {', '.join(f'{c}=?' for c in cols)}, updated_at=? WHERE chunk_id=?",
+                        [fields[c] for c in cols] + [time.time(), chunk_id])
+
+    def drop_chunk(self, chunk_id: str) -> None:
+        self.db.execute("DELETE FROM batches WHERE chunk_id=?", (chunk_id,))
+
+    def chunks(self) -> list[dict]:
+        cur = self.db.execute("SELECT chunk_id, status, batch_id, batch_status FROM batches ORDER BY created_at")
+        return [dict(zip(("chunk_id", "status", "batch_id", "batch_status"), r)) for r in cur]
 
     def attempts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT key, attempts FROM calls"))

@@ -49,7 +49,10 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, ledger: Ledger, model: str) -> None:
         self.cfg, self.j, self.ledger, self.model = cfg, cfg.judge, ledger, model
-        self.price = self.j.prices.get(model, (0.0, 0.0)) if self.j.backend == "openai" else (0.0, 0.0)
+        self.live_price = self.j.prices.get(model, (0.0, 0.0)) if self.j.backend == "openai" else (0.0, 0.0)
+        self.batch = self.j.backend == "openai" and self.j.mode_api == "batch"
+        # The Batch API bills at a discount (OpenAI: 50%); budgets and the ledger use what is billed.
+        self.price = tuple(p * self.j.batch_discount for p in self.live_price) if self.batch else self.live_price
         if self.j.backend == "openai" and self.j.max_cost_usd is not None and model not in self.j.prices:
             raise UserError(f"judge.prices: no price for {model!r}, so judge.max_cost_usd cannot be enforced")
         self.calls, self.cost = ledger.spent()
@@ -83,6 +86,10 @@ class Runner:
         todo = [c for c in unique if c.key not in done]
         if not todo or self.stopped:
             return
+        if self.backend is None and self.batch:
+            from rlaif.judge.batch import BatchJudge
+
+            self.backend = BatchJudge(self.j, self.model, self.ledger, on_retry=self._retry)
         if self.backend is None:  # built only when something is left to send: a rerun loads no model
             self.backend = load_judge(self.j.backend, cfg=self.j, model=self.model, on_retry=self._retry)
         self.bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="call")
@@ -98,7 +105,10 @@ class Runner:
 
     def _on_reply(self, call: Call, reply: Reply) -> None:
         self.reserved.pop(call.key, None)
-        row = interpret(call, reply, self.model, self.price)
+        live = reply.extra.get("live") or not self.batch
+        row = interpret(call, reply, self.model, self.live_price if live else self.price)
+        if self.batch:  # which API answered, for the audit: the price differs
+            row["request"]["api"] = "live" if live else "batch"
         self.ledger.record(row)
         if row["status"] == "done":
             self.calls += 1
