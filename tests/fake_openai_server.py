@@ -19,10 +19,15 @@ Endpoints
           "storm": {fault..., "rate": p} | null,   # each chat request (with no queued fault) gets
                                                    # the fault with probability p while set
           "seed": int,                   # reseed the flip and storm generators
+          "rate_limit": {"requests": n, "window_s": s} | null,   # a real limiter: 429 at once,
+                                         # with Retry-After, when n requests were let through in the
+                                         # last s seconds; counted in faults as "rate_limit"
           "reset": true}                 # clear /_stats
        replies with the resulting settings.
   GET  /_stats               {"requests", "ok", "by_body", "ok_by_body", "max_in_flight", "in_flight",
-                              "unauthorized", "faults": {type: count}}
+                              "unauthorized", "faults": {type: count},
+                              "request_times": [time.time() at receipt of each chat request],
+                              "request_tokens": [its prompt characters // 3 + max_tokens, same order]}
 
 Faults: {"type": "429", "retry_after": s (optional; float ok), "retry_after_ms": ms (optional)},
 {"type": "quota"}, {"type": "500"}, {"type": "503"}, {"type": "hang", "seconds": s},
@@ -113,6 +118,8 @@ class State:
         self.latency = latency
         self.faults: deque[dict] = deque()
         self.storm: dict | None = None
+        self.rate_limit: dict | None = None
+        self.let_through: deque[float] = deque()  # receipt times the rate limit let through
         self.reseed(seed)
         self.reset_stats()
 
@@ -130,15 +137,17 @@ class State:
         self.fault_counts: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.request_times: list[float] = []
+        self.request_tokens: list[int] = []
 
     def settings(self) -> dict:
         return {"policy": self.policy, "latency_s": self.latency, "faults": list(self.faults),
-                "storm": self.storm, "seed": self.seed}
+                "storm": self.storm, "seed": self.seed, "rate_limit": self.rate_limit}
 
     def control(self, cmd: dict) -> dict:
         if not isinstance(cmd, dict):
             raise BadControl("control body must be a JSON object")
-        unknown = set(cmd) - {"policy", "latency_s", "faults", "add_faults", "storm", "seed", "reset"}
+        unknown = set(cmd) - {"policy", "latency_s", "faults", "add_faults", "storm", "seed", "rate_limit", "reset"}
         if unknown:
             raise BadControl(f"unknown control keys {sorted(unknown)}")
         with self.lock:
@@ -161,6 +170,14 @@ class State:
                 self.storm = storm
             if "seed" in cmd:
                 self.reseed(int(cmd["seed"]))
+            if "rate_limit" in cmd:
+                rl = cmd["rate_limit"]
+                if rl is not None:
+                    rl = {"requests": int(rl["requests"]), "window_s": float(rl["window_s"])}
+                    if rl["requests"] < 1 or rl["window_s"] <= 0:
+                        raise BadControl("rate_limit needs requests >= 1 and window_s > 0")
+                self.rate_limit = rl
+                self.let_through.clear()
             if cmd.get("reset"):
                 in_flight = self.in_flight
                 self.reset_stats()
@@ -172,11 +189,14 @@ class State:
             return {"requests": self.requests, "ok": self.ok, "by_body": dict(self.by_body),
                     "ok_by_body": dict(self.ok_by_body), "max_in_flight": self.max_in_flight,
                     "in_flight": self.in_flight, "unauthorized": self.unauthorized,
-                    "faults": dict(self.fault_counts)}
+                    "faults": dict(self.fault_counts), "request_times": list(self.request_times),
+                    "request_tokens": list(self.request_tokens)}
 
-    def received(self, key: str | None) -> None:
+    def received(self, key: str | None, tokens: int = 0) -> None:
         with self.lock:
             self.requests += 1
+            self.request_times.append(time.time())
+            self.request_tokens.append(tokens)
             if key is not None:
                 self.by_body[key] += 1
             self.in_flight += 1
@@ -185,6 +205,21 @@ class State:
     def done(self) -> None:
         with self.lock:
             self.in_flight -= 1
+
+    def rate_limited(self) -> float | None:
+        """Seconds until the rate limit has room, when it is set and full; else None, and the
+        request counts against it."""
+        with self.lock:
+            if self.rate_limit is None:
+                return None
+            now, window = time.monotonic(), self.rate_limit["window_s"]
+            while self.let_through and self.let_through[0] <= now - window:
+                self.let_through.popleft()
+            if len(self.let_through) >= self.rate_limit["requests"]:
+                self.fault_counts["rate_limit"] += 1
+                return self.let_through[0] + window - now
+            self.let_through.append(now)
+            return None
 
     def take_fault(self) -> dict | None:
         with self.lock:
@@ -398,7 +433,11 @@ class Handler(BaseHTTPRequestHandler):
                                            "invalid_request_error", None))
             return
         messages = req.get("messages") if isinstance(req, dict) else None
-        st.received(body_key(messages) if messages is not None else None)
+        tokens = 0
+        if isinstance(messages, list):
+            chars = sum(len(text_of(m.get("content"))) for m in messages if isinstance(m, dict))
+            tokens = chars // 3 + int(req.get("max_tokens") or 0)
+        st.received(body_key(messages) if messages is not None else None, tokens)
         try:
             self.chat_reply(req if isinstance(req, dict) else {}, messages)
         finally:
@@ -416,6 +455,13 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(messages, list) or not messages:
             self.send_json(400, error_body("'messages' is a required property", "invalid_request_error",
                                            None, "messages"))
+            return
+        wait = st.rate_limited()
+        if wait is not None:
+            self.send_json(429, error_body(f"Rate limit reached for {MODEL} on requests per min (RPM): "
+                                           "Please try again later.", "requests", "rate_limit_exceeded",
+                                           "requests"),
+                           {"Retry-After": f"{max(wait, 0.001):.3f}", "x-ratelimit-remaining-requests": "0"})
             return
         with st.lock:
             latency = st.latency

@@ -31,6 +31,8 @@ def body_key(messages: list[dict]) -> str:
 class FakeJudgeServer:
     """tests/fake_openai_server.py in a subprocess on 127.0.0.1, a free port, up when constructed."""
 
+    script = SERVER  # FakeBatchServer swaps in tests/fake_batch_server.py
+
     def __init__(self, api_key: str | None = None, policy: str = "hash", seed: int = 0, latency: float = 0.0,
                  *, startup_timeout: float = 30.0, env: dict | None = None):
         self.api_key = api_key
@@ -39,7 +41,7 @@ class FakeJudgeServer:
         full_env.pop("FAKE_OPENAI_API_KEY", None)
         if api_key:
             full_env["FAKE_OPENAI_API_KEY"] = api_key  # via the environment: never on a command line
-        cmd = [sys.executable, str(SERVER), "--port", "0", "--seed", str(seed), "--latency", str(latency),
+        cmd = [sys.executable, str(self.script), "--port", "0", "--seed", str(seed), "--latency", str(latency),
                "--policy", policy]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=full_env)
@@ -138,3 +140,9 @@ class FakeJudgeServer:
     def reset(self, policy: str = "hash") -> dict:
         """Back to a clean slate: given policy, no latency, no faults, no storm, zeroed stats."""
         return self.control(policy=policy, latency_s=0.0, faults=[], storm=None, reset=True)
+
+
+class FakeBatchServer(FakeJudgeServer):
+    """tests/fake_batch_server.py: /v1/files, /v1/batches and live chat calls; same controls and stats."""
+
+    script = SERVER.parent / "fake_batch_server.py"

@@ -5,6 +5,8 @@ connection errors and unreadable replies; the client's own retries are off so th
 multiply. A Retry-After longer than `max_backoff_s` pauses every worker instead of failing the
 item. A 429 `insufficient_quota` is final: the run stops at once. The API key is read from the
 environment variable the config names, and never appears in a message or a log line.
+`judge.rpm`/`judge.tpm` are kept by one RateGovernor shared by all workers: every HTTP attempt,
+retries included (the server counts them), waits for its slot; any other 429 lowers the rate.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from rlaif.config import JudgeConfig
 from rlaif.errors import QuotaExceeded, UserError
 from rlaif.judge.backends import Call, Reply
+from rlaif.judge.governor import RateGovernor
 
 
 class Retryable(Exception):
@@ -55,6 +58,7 @@ class OpenAIJudge:
         self._key = key  # held in memory only; repr-free: never formatted into any message
         self.on_retry = on_retry or (lambda: None)
         self.pause_until = 0.0  # shared by all workers: the server asked everyone to back off
+        self.governor = RateGovernor.from_config(cfg)  # shared by all workers; free when no limit is set
 
     async def _once(self, call: Call) -> Reply:
         """One attempt; a Retry-After beyond max_backoff_s pauses all workers and does not use up an attempt."""
@@ -70,6 +74,13 @@ class OpenAIJudge:
                 self.pause_until = max(self.pause_until, time.monotonic() + e.retry_after)
 
     async def _send(self, call: Call) -> Reply:
+        ticket = await self.governor.acquire(call.est_input_tokens + self.cfg.max_tokens)
+        try:
+            return await self._attempt(call, ticket)
+        finally:  # the server had the request by now, if ever: its window can be dated from here
+            self.governor.release(ticket)
+
+    async def _attempt(self, call: Call, ticket) -> Reply:
         o = self.openai
         t0 = time.monotonic()
         try:  # wait_for: a server dripping bytes resets httpx's read timeout; this deadline it cannot
@@ -80,6 +91,7 @@ class OpenAIJudge:
             if _is_quota(e):
                 raise QuotaExceeded("judge: the API reports insufficient_quota (out of credit); no retry can help. "
                                     "Finished calls are in the ledger; rerun after topping up") from None
+            self.governor.on_429(ticket)
             raise Retryable("HTTP 429", _retry_after(e)) from None
         except (o.APITimeoutError, asyncio.TimeoutError):
             raise Retryable(f"timeout after {self.cfg.timeout_s:g}s") from None

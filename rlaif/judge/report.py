@@ -41,6 +41,8 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
     pw = judgments.filter(pl.col("kind") == "pairwise")
     prompts = judgments["prompt_id"].n_unique()
     stats = runner.stats
+    gov = getattr(runner.backend, "governor", None)  # openai backend with judge.rpm/tpm set
+    extra = {"rate_governor": gov.stats()} if gov is not None and gov.active else {}
     return {
         "judge_model": model, "backend": j.backend, "mode": j.mode, "strategy": j.strategy,
         "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
@@ -55,9 +57,10 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "cost_usd": float(judgments["cost_usd"].sum()), "ledger_cost_usd": runner.cost,
         "calls_per_s": stats["calls_made"] / stats["seconds"] if stats["seconds"] else None,
         "seconds_this_run": round(stats["seconds"], 3),
+        "batch": getattr(runner.backend, "stats", None) if getattr(runner, "batch", False) else None,
         "invalid_rate": _rate(judgments["verdict"] == "invalid"),
         "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
-        **position_stats(pw), **length_stats(pw, cands),
+        **position_stats(pw), **length_stats(pw, cands), **extra,
     }
 
 
