@@ -138,8 +138,8 @@ class FakeJudgeServer:
         return self._call("GET", "/_stats")
 
     def reset(self, policy: str = "hash") -> dict:
-        """Back to a clean slate: given policy, no latency, no faults, no storm, zeroed stats."""
-        return self.control(policy=policy, latency_s=0.0, faults=[], storm=None, reset=True)
+        """Back to a clean slate: given policy, no latency, no faults, no storm, no rate limit, zeroed stats."""
+        return self.control(policy=policy, latency_s=0.0, faults=[], storm=None, rate_limit=None, reset=True)
 
 
 class FakeBatchServer(FakeJudgeServer):
