@@ -86,8 +86,11 @@ def _stage(name: str, args) -> int:
     from rlaif.io import write_text
 
     cfg = load_config(args.config, args.overrides)
-    if not os.environ.get("RLAIF_RUN_CHILD"):  # `rlaif run` wrote it already; its stages must not rewrite it
-        write_text(Path(cfg.run_dir) / "config.yaml", dump_config(cfg))
+    # `rlaif run` wrote it already, its stages must not rewrite it; under `accelerate launch` rank 0 writes it.
+    # Shard workers all write the run's config: the same file, without their own generate.worker.
+    if not os.environ.get("RLAIF_RUN_CHILD") and os.environ.get("RANK", "0") == "0":
+        run_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"worker": None})})
+        write_text(Path(cfg.run_dir) / "config.yaml", dump_config(run_cfg))
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
     out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)

@@ -9,11 +9,16 @@ A stage whose manifest exists is skipped; an unfinished one resumes from its sha
 checkpoint. Round k > 0 samples from the SFT model plus round k-1's adapter (or, with
 train.reference=previous, from the merged previous policy plus the adapter): no merge is needed
 for sampling.
+
+Multi-GPU training: with RLAIF_TRAIN_LAUNCHER set (e.g. "accelerate launch --config_file
+configs/accelerate/fsdp.yaml"), the train stage runs as `$RLAIF_TRAIN_LAUNCHER -m rlaif train ...`
+instead of `python -m rlaif train ...`. generate.data_parallel_size works as it does alone.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +54,15 @@ def stage_overrides(cfg: RunConfig, k: int, stage: str) -> list[str]:
     return out
 
 
+def stage_command(stage: str, config: Path, overrides: list[str]) -> list[str]:
+    """`python -m rlaif STAGE ...`; the train stage under $RLAIF_TRAIN_LAUNCHER when it is set."""
+    args = ["-m", "rlaif", stage, "--config", str(config), *overrides]
+    launcher = os.environ.get("RLAIF_TRAIN_LAUNCHER", "").strip()
+    if stage == "train" and launcher:
+        return [*shlex.split(launcher), *args]
+    return [sys.executable, *args]
+
+
 def _eval(cfg: RunConfig, k: int) -> dict:
     try:
         return json.loads((cfg.round_dir(k) / DONE["evaluate"]).read_text())
@@ -73,6 +87,9 @@ def report(cfg: RunConfig) -> Path:
 
 def run(cfg: RunConfig) -> Path:
     config = Path(cfg.run_dir) / "config.yaml"  # written by the CLI: the resolved config, no secrets
+    if cfg.generate.worker:
+        raise UserError(f"generate.worker={cfg.generate.worker}: a worker samples only part of a round; use it with "
+                        "`rlaif generate` (one per machine), then `rlaif run` once every shard is written")
     todo = stages(cfg)
     if not cfg.evaluate.prompts:
         print("run: evaluate.prompts is not set: no held-out prompts, so rounds are not evaluated "
@@ -90,7 +107,7 @@ def run(cfg: RunConfig) -> Path:
                 print(f"run: round {k} {stage}: done, skipped")
                 continue
             print(f"run: round {k} {stage} ...", flush=True)
-            cmd = [sys.executable, "-m", "rlaif", stage, "--config", str(config), *stage_overrides(cfg, k, stage)]
+            cmd = stage_command(stage, config, stage_overrides(cfg, k, stage))
             code = subprocess.run(cmd, env={**os.environ, "RLAIF_RUN_CHILD": "1"}).returncode
             if code != 0:
                 raise StageFailed(stage, k, code)

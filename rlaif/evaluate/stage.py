@@ -66,7 +66,9 @@ def answers(cfg: RunConfig, prompts: pl.DataFrame, k: int | None) -> pl.DataFram
 
     e = cfg.evaluate
     upd = {"n": 1, "temperature": e.temperature, "max_tokens": e.max_tokens or cfg.generate.max_tokens,
-           "max_prompts": None, "model": None, "adapter": None}
+           "max_prompts": None, "model": None, "adapter": None,
+           # one process: the answers are few, and spawned shard workers would not know out_dir/tag
+           "data_parallel_size": 1, "worker": None}
     if k is not None:
         adapter = adapter_dir(cfg, k)
         if not (adapter / "adapter_config.json").exists():

@@ -2,11 +2,17 @@
 
 Resumable: checkpoints every `train.save_steps`; a rerun after a kill continues from the last one.
 train.manifest.json is written last: its existence means the adapter is complete.
+
+Multi-GPU: `accelerate launch --config_file configs/accelerate/fsdp.yaml -m rlaif train --config ...`
+(or deepspeed-zero3.yaml). Every rank runs this code; the Trainer syncs gradients and gathers the
+adapter for saving, and only rank 0 writes metrics lines, removes half-written checkpoints, merges,
+and writes the manifest.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import time
@@ -25,6 +31,21 @@ class TrainingDiverged(UserError):
     exit_code = 8
 
 
+def is_main_process() -> bool:
+    """Rank 0 of `accelerate launch` / torchrun (RANK is set by both), or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def distributed_info(trainer) -> dict:
+    """How many processes trained, and under which launcher (both set their own environment)."""
+    acc, env = trainer.accelerator, os.environ
+    launcher = ("accelerate" if "ACCELERATE_MIXED_PRECISION" in env
+                else "torchrun" if "TORCHELASTIC_RUN_ID" in env else None)
+    kind = getattr(acc.distributed_type, "value", acc.distributed_type)
+    return {"num_processes": acc.num_processes, "distributed_type": str(kind), "mixed_precision": acc.mixed_precision,
+            "launcher": launcher}
+
+
 def metrics_callback(path: Path, resume_step: int):
     from transformers import TrainerCallback
 
@@ -32,6 +53,8 @@ def metrics_callback(path: Path, resume_step: int):
         """One JSON line per logged step; a non-finite loss stops training before any checkpoint of it."""
 
         def on_train_begin(self, args, state, control, **kw):
+            if not getattr(state, "is_world_process_zero", True):  # every rank calls back; rank 0 writes
+                return
             keep = []
             if path.exists():  # lines past the checkpoint we resume from would be logged twice
                 keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
@@ -43,6 +66,8 @@ def metrics_callback(path: Path, resume_step: int):
             if bad:
                 raise TrainingDiverged(f"train: {bad[0]} is {logs[bad[0]]} at step {state.global_step}; stopped "
                                        "before checkpointing it (lower train.learning_rate or check the pairs)")
+            if not getattr(state, "is_world_process_zero", True):  # the logged loss is already the all-rank mean
+                return
             with open(path, "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
@@ -92,7 +117,10 @@ def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
     t = cfg.train
     lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                       target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=_model(base, cfg, cuda), args=dpo_args(cfg, cfg.round_dir() / "train", cuda),
+    # The arguments before the model: under `accelerate launch` with DeepSpeed ZeRO-3 they register the
+    # DeepSpeed config, so from_pretrained loads the weights already partitioned across ranks.
+    args = dpo_args(cfg, cfg.round_dir() / "train", cuda)
+    trainer = DPOTrainer(model=_model(base, cfg, cuda), args=args,
                          train_dataset=dataset, processing_class=tok, peft_config=lora, callbacks=list(callbacks))
     prev = adapter_dir(cfg, cfg.round - 1)
     if cfg.train.reference == "sft" and cfg.round > 0:
@@ -103,15 +131,16 @@ def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
     return trainer
 
 
-def last_complete_checkpoint(out: Path) -> str | None:
+def last_complete_checkpoint(out: Path, remove: bool = True) -> str | None:
     """The newest checkpoint whose trainer_state.json exists: transformers writes it last, so a
-    folder without it was cut off by a kill and is removed."""
+    folder without it was cut off by a kill and is removed (by rank 0 only, under a launcher)."""
     ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
     for c in ckpts:
         if (c / "trainer_state.json").exists():
             return str(c)
-        print(f"train: removing incomplete {c.name} (interrupted while saving)")
-        shutil.rmtree(c)
+        if remove:
+            print(f"train: removing incomplete {c.name} (interrupted while saving)")
+            shutil.rmtree(c, ignore_errors=True)
     return None
 
 
@@ -129,30 +158,45 @@ def run(cfg: RunConfig, resume: bool = True) -> Path:
     if (out / MANIFEST).exists():
         print(f"train: {out / MANIFEST} exists; stage already done")
         return out / "adapter"
+    main = is_main_process()
     pairs, counts = load_pairs(cfg)
     require_previous_round(cfg)
-    base = policy_base(cfg, cfg.round)
+    base = _policy_base(cfg, main)
     tok = AutoTokenizer.from_pretrained(base)
     check_tokenizer(cfg, tok, base)
     dataset, over = to_dataset(pairs, tok, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = last_complete_checkpoint(out) if resume else None
+    ckpt = last_complete_checkpoint(out, remove=main) if resume else None
     step0 = int(ckpt.rsplit("-", 1)[1]) if ckpt else 0
-    if ckpt:
+    if ckpt and main:
         print(f"train: resuming from {ckpt} (step {step0})")
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, base, dataset, tok, [metrics_callback(out / "train-metrics.jsonl", step0)])
     result = trainer.train(resume_from_checkpoint=ckpt)
-    trainer.save_model(str(out / "adapter"))
+    trainer.save_model(str(out / "adapter"))  # every rank: FSDP/ZeRO-3 gather the adapter, rank 0 writes it
+    if not trainer.is_world_process_zero():
+        return out / "adapter"
     (out / "adapter" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the adapter folder gets shared
     if cfg.train.merge:
         from rlaif.train.policy import ensure_merged
 
         ensure_merged(cfg, cfg.round)
-    return _manifest(cfg, out, base, counts, over, len(dataset), result, step0, time.perf_counter() - t0)
+    return _manifest(cfg, out, base, counts, over, len(dataset), result, step0, time.perf_counter() - t0,
+                     distributed_info(trainer))
 
 
-def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall) -> Path:
+def _policy_base(cfg: RunConfig, main: bool) -> str:
+    """reference=previous merges last round's policy first: rank 0 does it, the other ranks wait for
+    the merged folder (it appears whole: built aside, then renamed). Should rank 0 fail, the launcher
+    stops every rank."""
+    if not main and cfg.train.reference == "previous" and cfg.round > 0:
+        merged = cfg.round_dir(cfg.round - 1) / "train" / "merged" / "config.json"
+        while not merged.exists():
+            time.sleep(2)
+    return policy_base(cfg, cfg.round)
+
+
+def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall, distributed: dict) -> Path:
     import torch
 
     lines = [json.loads(ln) for ln in (out / "train-metrics.jsonl").read_text().splitlines() if ln]
@@ -168,6 +212,7 @@ def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall) -> Pat
         "final": {k: last.get(k) for k in ("loss", "rewards/accuracies", "rewards/margins")},
         "timing": {"wall_s": round(wall, 2), "s_per_step": round(wall / steps, 3) if steps else None,
                    "peak_memory_bytes": int(peak)},
+        "distributed": distributed,
         "train": cfg.train.model_dump(),
     })
     print(f"train: {result.global_step} steps on {n_train} pairs -> {out / 'adapter'} (final loss {last.get('loss')})")
