@@ -25,20 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from judge import judge_once, make_round  # noqa: E402
-from servers import FakeJudgeServer  # noqa: E402
-
-
-def max_in_window(times: list[float], period: float, weights: list[int] | None = None) -> int:
-    """The largest total weight inside any closed window [t, t + period]."""
-    pts = sorted(zip(times, weights or [1] * len(times)))
-    best = total = j = 0
-    for t, w in pts:
-        total += w
-        while pts[j][0] < t - period:
-            total -= pts[j][1]
-            j += 1
-        best = max(best, total)
-    return best
+from servers import FakeJudgeServer, max_in_window  # noqa: E402
 
 
 def one(srv, name: str, calls: int, period: float, *overrides: str, rate_limit: dict | None = None) -> dict:

@@ -28,6 +28,20 @@ def body_key(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def max_in_window(times: list[float], period: float, weights: list[int] | None = None) -> float:
+    """The largest total weight (requests, or tokens) inside any closed window [t, t + period]:
+    what a server counting a rate limit over a sliding window would see at its worst moment."""
+    pts = sorted(zip(times, weights or [1] * len(times)))
+    best = total = j = 0
+    for t, w in pts:  # the window ends at each point; drop points more than `period` before it
+        total += w
+        while pts[j][0] < t - period:
+            total -= pts[j][1]
+            j += 1
+        best = max(best, total)
+    return best
+
+
 class FakeJudgeServer:
     """tests/fake_openai_server.py in a subprocess on 127.0.0.1, a free port, up when constructed."""
 

@@ -11,21 +11,8 @@ import pytest
 
 from rlaif.judge import stage
 from rlaif.judge.governor import CUT, FLOOR, RECOVER, SEND_BOUND, RateGovernor
-from servers import FakeJudgeServer
+from servers import FakeJudgeServer, max_in_window
 from test_judge_openai import ENV, KEY, config, ledger_rows, report, standard, write_candidates
-
-
-def max_in_window(times: list[float], period: float, weights: list[int] | None = None) -> float:
-    """The largest total weight inside any closed window [t, t + period]."""
-    pts = sorted(zip(times, weights or [1] * len(times)))
-    best = total = j = 0
-    for t, w in pts:  # window ends at each point; drop points more than `period` before it
-        total += w
-        while pts[j][0] < t - period:
-            total -= pts[j][1]
-            j += 1
-        best = max(best, total)
-    return best
 
 
 def acquire_all(gov: RateGovernor, costs: list[int], latency: float = 0.0, seed: int = 0) -> list[float]:
