@@ -2,6 +2,7 @@
 
     ray start --head ...                 # and `ray start --address=...` on the other GPU nodes
     python scripts/ray_generate.py --workers 16 --config configs/gpu-8b.yaml round=0 generate.n=8
+    python scripts/ray_generate.py --workers 2 --gpus-per-worker 0 --config configs/quickstart.yaml  # CPU, local Ray
 
 Task i runs `python -m rlaif generate --config FILE OVERRIDES generate.worker=i/N` on whatever node Ray
 places it, holding `generate.tensor_parallel_size` GPUs (Ray sets CUDA_VISIBLE_DEVICES for it). Each
@@ -10,9 +11,9 @@ files as a single-machine run, so the rows are the same, and a task killed or re
 first missing shard. A final `rlaif generate` (here, no model loaded) writes candidates.manifest.json.
 
 Requires: the run folder (run_dir) and the model/prompts paths on a filesystem every node sees at the
-same path; rlaif installed on every node; `pip install ray` (not an rlaif dependency). Relative paths
-in the config resolve against the directory this script runs in, on every node. Not tested in rlaif's suite (no Ray there);
-the worker mechanism it drives is (tests/test_scale.py).
+same path; rlaif installed on every node; `pip install 'rlaif[ray]'`. Relative paths in the config
+resolve against the directory this script runs in, on every node. tests/test_scale.py runs it on a local
+CPU Ray instance (--gpus-per-worker 0) and checks the rows equal a one-process run's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, required=True, help="N: Ray tasks, one rlaif shard worker each")
     ap.add_argument("--config", required=True, help="rlaif run config (YAML)")
-    ap.add_argument("--address", default="auto", help="Ray cluster address (default: the running cluster)")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster address (default: $RAY_ADDRESS or the cluster `ray start` left on this node, "
+                         "else a new local Ray instance; 'local' always starts a new one)")
+    ap.add_argument("--gpus-per-worker", type=float, default=None,
+                    help="GPUs Ray reserves per task (default: generate.tensor_parallel_size; 0 on CPU)")
+    ap.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs Ray reserves per task (default 1)")
     ap.add_argument("overrides", nargs="*", help="rlaif key.sub=value overrides, passed to every worker")
     args = ap.parse_args()
 
@@ -37,12 +43,13 @@ def main() -> int:
     for o in args.overrides:
         if o.startswith("generate.tensor_parallel_size="):
             tp = int(o.split("=", 1)[1])
+    gpus = tp if args.gpus_per_worker is None else args.gpus_per_worker
     stage = ["-m", "rlaif", "generate", "--config", args.config, *args.overrides]
     n, cwd = args.workers, os.getcwd()  # relative paths in the config resolve here, on every node
 
     ray.init(address=args.address)
 
-    @ray.remote(num_gpus=tp, max_retries=2)  # retried if its node dies; it resumes at its first missing shard
+    @ray.remote(num_gpus=gpus, num_cpus=args.cpus_per_worker, max_retries=2)  # retried if its node dies; it resumes at its first missing shard
     def worker(i: int) -> int:
         # One engine per task (data_parallel_size=1): Ray, not rlaif, spreads the engines over the GPUs.
         # RLAIF_RUN_CHILD: workers leave RUN_DIR/config.yaml to the final run below.

@@ -219,3 +219,17 @@ def test_train_stage_runs_under_rlaif_train_launcher(tmp_path, monkeypatch):
     assert stage_command("train", Path("c.yaml"), [])[:4] == ["accelerate", "launch", "--config_file",
                                                               "my configs/fsdp.yaml"]
     assert stage_command("generate", Path("c.yaml"), [])[0] == sys.executable
+
+
+def test_ray_generate_script_on_a_local_cpu_ray_instance(tmp_path, tiny_model, single):
+    """scripts/ray_generate.py for real: a local Ray instance, 2 tasks with no GPU, then the final manifest."""
+    cmd = [sys.executable, "scripts/ray_generate.py", "--workers", "2", "--gpus-per-worker", "0", "--address", "local",
+           "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}", f"model={tiny_model}", *SMALL]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**env, **ONE_THREAD, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"})
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert _rows(tmp_path).equals(single)
+    m = json.loads((tmp_path / "round-0" / "candidates.manifest.json").read_text())
+    assert sorted((w["worker"], w["shards"]) for w in m["workers"]) == [("0/2", 3), ("1/2", 3)]
+    assert m["counts"]["candidates"] == 12
