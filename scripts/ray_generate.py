@@ -23,7 +23,9 @@ import subprocess
 import sys
 
 import ray
-import yaml
+
+from rlaif.config import load_config
+from rlaif.errors import UserError
 
 
 def main() -> int:
@@ -39,17 +41,19 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*", help="rlaif key.sub=value overrides, passed to every worker")
     args = ap.parse_args()
 
-    tp = yaml.safe_load(open(args.config)).get("generate", {}).get("tensor_parallel_size", 1)
-    for o in args.overrides:
-        if o.startswith("generate.tensor_parallel_size="):
-            tp = int(o.split("=", 1)[1])
+    try:  # rlaif's own loader: overrides and defaults as the workers will see them, bad keys caught before Ray
+        tp = load_config(args.config, args.overrides).generate.tensor_parallel_size
+    except UserError as e:
+        print(f"ray_generate: error: {e}", file=sys.stderr)
+        return e.exit_code
     gpus = tp if args.gpus_per_worker is None else args.gpus_per_worker
     stage = ["-m", "rlaif", "generate", "--config", args.config, *args.overrides]
     n, cwd = args.workers, os.getcwd()  # relative paths in the config resolve here, on every node
 
     ray.init(address=args.address)
 
-    @ray.remote(num_gpus=gpus, num_cpus=args.cpus_per_worker, max_retries=2)  # retried if its node dies; it resumes at its first missing shard
+    # max_retries: a task whose node dies is retried; it resumes at its first missing shard
+    @ray.remote(num_gpus=gpus, num_cpus=args.cpus_per_worker, max_retries=2)
     def worker(i: int) -> int:
         # One engine per task (data_parallel_size=1): Ray, not rlaif, spreads the engines over the GPUs.
         # RLAIF_RUN_CHILD: workers leave RUN_DIR/config.yaml to the final run below.

@@ -223,11 +223,15 @@ def test_train_stage_runs_under_rlaif_train_launcher(tmp_path, monkeypatch):
 
 def test_ray_generate_script_on_a_local_cpu_ray_instance(tmp_path, tiny_model, single):
     """scripts/ray_generate.py for real: a local Ray instance, 2 tasks with no GPU, then the final manifest."""
+    bad = subprocess.run([sys.executable, "scripts/ray_generate.py", "--workers", "2", "--config",
+                          "configs/quickstart.yaml", "generate.tensor_parallel_size=two"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "configs/quickstart.yaml: generate.tensor_parallel_size" in bad.stderr
+    assert "Traceback" not in bad.stderr  # refused before Ray starts, one line naming the file and key
     cmd = [sys.executable, "scripts/ray_generate.py", "--workers", "2", "--gpus-per-worker", "0", "--address", "local",
            "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}", f"model={tiny_model}", *SMALL]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**env, **ONE_THREAD, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"})
+                       env={**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"})
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert _rows(tmp_path).equals(single)
     m = json.loads((tmp_path / "round-0" / "candidates.manifest.json").read_text())
