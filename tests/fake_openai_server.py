@@ -1,6 +1,7 @@
 """A scripted OpenAI-compatible judge server for tests (standard library only).
 
     python tests/fake_openai_server.py --port 0 [--api-key K] [--seed 0] [--latency 0.0] [--policy hash]
+                                       [--reasoning [--reasoning-tokens 40]]
 
 Prints ``PORT <n>`` as its first stdout line, then serves until killed. It speaks enough of the
 chat-completions API for the real ``openai`` client: it reads the fenced data blocks of rlaif's judge
@@ -22,19 +23,32 @@ Endpoints
           "rate_limit": {"requests": n, "window_s": s} | null,   # a real limiter: 429 at once,
                                          # with Retry-After, when n requests were let through in the
                                          # last s seconds; counted in faults as "rate_limit"
+          "reasoning": bool,             # behave like a reasoning model (see below)
+          "reasoning_tokens": int,       # hidden reasoning tokens billed per reasoning reply
           "reset": true}                 # clear /_stats
        replies with the resulting settings.
   GET  /_stats               {"requests", "ok", "by_body", "ok_by_body", "max_in_flight", "in_flight",
                               "unauthorized", "faults": {type: count},
                               "request_times": [time.time() at receipt of each chat request],
-                              "request_tokens": [its prompt characters // 3 + max_tokens, same order]}
+                              "request_tokens": [its prompt characters // 3 + max_tokens, same order],
+                              "request_params": [its body without messages, same order]}
+
+Reasoning mode (--reasoning, or control "reasoning": true) answers as OpenAI's reasoning models do
+(GPT-5 family, o1/o3/o4): HTTP 400 invalid_request_error for `max_tokens` (code unsupported_parameter,
+"Use 'max_completion_tokens' instead"), for a `temperature` other than 1 (unsupported_value, "Only
+the default (1) value is supported.") and for `logprobs`/`top_logprobs` (unsupported_parameter),
+each counted in faults under its code. A reply bills `reasoning_tokens` hidden tokens inside
+usage.completion_tokens (completion_tokens_details.reasoning_tokens); they count against
+max_completion_tokens, so a cap that leaves no room after them returns empty content with
+finish_reason "length" (counted in faults as "reasoning_cut_off", not in "ok").
 
 Faults: {"type": "429", "retry_after": s (optional; float ok), "retry_after_ms": ms (optional)},
 {"type": "quota"}, {"type": "500"}, {"type": "503"}, {"type": "hang", "seconds": s},
 {"type": "drip", "seconds": s, "chunks": n (optional; default one byte per chunk)},
 {"type": "drop"},
 {"type": "malformed", "content_type": str (optional; default application/json)},
-{"type": "empty_choices"}, {"type": "text", "content": str}, {"type": "length", "content": str}.
+{"type": "empty_choices"}, {"type": "text", "content": str}, {"type": "length", "content": str},
+{"type": "400", "message": str, "code": str, "param": str} (an invalid_request_error, as scripted).
 
 "requests" counts every chat request received (401s included); "ok" counts 200 replies that carry a
 policy verdict (plain, "hang" and "drip" replies) and were written in full to a client that was still
@@ -65,7 +79,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MODEL = "fake-judge"
 BLOCK = re.compile(r"<<<BEGIN_DATA id=([A-Za-z0-9_]+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.DOTALL)
 GOOD = re.compile(r"\bGOOD\b")
-FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length"}
+FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length",
+               "400"}
 FILLER = ["The", "Response", "Both", "Neither", "**", "I"]  # non-label tokens to pad top_logprobs
 
 
@@ -111,9 +126,12 @@ def check_fault(fault) -> dict:
 class State:
     """Settings and counters shared by the handler threads; everything under one lock."""
 
-    def __init__(self, api_key: str | None, policy: str, seed: int, latency: float):
+    def __init__(self, api_key: str | None, policy: str, seed: int, latency: float, reasoning: bool = False,
+                 reasoning_tokens: int = 40):
         self.lock = threading.Lock()
         self.api_key = api_key
+        self.reasoning = reasoning
+        self.reasoning_tokens = reasoning_tokens
         self.policy = check_policy(policy)
         self.latency = latency
         self.faults: deque[dict] = deque()
@@ -139,15 +157,18 @@ class State:
         self.max_in_flight = 0
         self.request_times: list[float] = []
         self.request_tokens: list[int] = []
+        self.request_params: list[dict] = []
 
     def settings(self) -> dict:
         return {"policy": self.policy, "latency_s": self.latency, "faults": list(self.faults),
-                "storm": self.storm, "seed": self.seed, "rate_limit": self.rate_limit}
+                "storm": self.storm, "seed": self.seed, "rate_limit": self.rate_limit,
+                "reasoning": self.reasoning, "reasoning_tokens": self.reasoning_tokens}
 
     def control(self, cmd: dict) -> dict:
         if not isinstance(cmd, dict):
             raise BadControl("control body must be a JSON object")
-        unknown = set(cmd) - {"policy", "latency_s", "faults", "add_faults", "storm", "seed", "rate_limit", "reset"}
+        unknown = set(cmd) - {"policy", "latency_s", "faults", "add_faults", "storm", "seed", "rate_limit", "reset",
+                              "reasoning", "reasoning_tokens"}
         if unknown:
             raise BadControl(f"unknown control keys {sorted(unknown)}")
         with self.lock:
@@ -170,6 +191,12 @@ class State:
                 self.storm = storm
             if "seed" in cmd:
                 self.reseed(int(cmd["seed"]))
+            if "reasoning" in cmd:
+                self.reasoning = bool(cmd["reasoning"])
+            if "reasoning_tokens" in cmd:
+                if int(cmd["reasoning_tokens"]) < 0:
+                    raise BadControl("reasoning_tokens must be >= 0")
+                self.reasoning_tokens = int(cmd["reasoning_tokens"])
             if "rate_limit" in cmd:
                 rl = cmd["rate_limit"]
                 if rl is not None:
@@ -190,13 +217,14 @@ class State:
                     "ok_by_body": dict(self.ok_by_body), "max_in_flight": self.max_in_flight,
                     "in_flight": self.in_flight, "unauthorized": self.unauthorized,
                     "faults": dict(self.fault_counts), "request_times": list(self.request_times),
-                    "request_tokens": list(self.request_tokens)}
+                    "request_tokens": list(self.request_tokens), "request_params": list(self.request_params)}
 
-    def received(self, key: str | None, tokens: int = 0) -> None:
+    def received(self, key: str | None, tokens: int = 0, params: dict | None = None) -> None:
         with self.lock:
             self.requests += 1
             self.request_times.append(time.time())
             self.request_tokens.append(tokens)
+            self.request_params.append(params or {})
             if key is not None:
                 self.by_body[key] += 1
             self.in_flight += 1
@@ -318,6 +346,42 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def reasoning_refusal(req: dict) -> dict | None:
+    """The 400 body a reasoning model gives for a chat-style parameter, or None (messages as OpenAI's)."""
+    if "max_tokens" in req:
+        return error_body("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                          "'max_completion_tokens' instead.", "invalid_request_error", "unsupported_parameter",
+                          "max_tokens")
+    if req.get("temperature") not in (None, 1, 1.0):
+        return error_body(f"Unsupported value: 'temperature' does not support {req['temperature']!r} with this "
+                          "model. Only the default (1) value is supported.", "invalid_request_error",
+                          "unsupported_value", "temperature")
+    for param in ("logprobs", "top_logprobs"):
+        if req.get(param) not in (None, False):
+            return error_body(f"Unsupported parameter: '{param}' is not supported with this model.",
+                              "invalid_request_error", "unsupported_parameter", param)
+    return None
+
+
+def reasoning_completion(req: dict, content: str, reasoning: int) -> dict:
+    """A reply that spent `reasoning` hidden tokens first: billed in completion_tokens, counted against
+    max_completion_tokens; no room left after them -> empty content, finish_reason length."""
+    cap = req.get("max_completion_tokens")
+    visible = max(1, (len(content) + 3) // 4)
+    finish = "stop"
+    if cap is not None and reasoning + visible > int(cap):
+        reasoning = min(reasoning, int(cap))
+        room = int(cap) - reasoning
+        content, visible, finish = content[:4 * room], room, "length"
+    out = completion(req, content, finish=finish)
+    usage = out["usage"]
+    usage["completion_tokens"] = reasoning + visible
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage["completion_tokens_details"] = {"reasoning_tokens": reasoning, "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0, "audio_tokens": 0}
+    return out
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 class Handler(BaseHTTPRequestHandler):
@@ -436,8 +500,9 @@ class Handler(BaseHTTPRequestHandler):
         tokens = 0
         if isinstance(messages, list):
             chars = sum(len(text_of(m.get("content"))) for m in messages if isinstance(m, dict))
-            tokens = chars // 3 + int(req.get("max_tokens") or 0)
-        st.received(body_key(messages) if messages is not None else None, tokens)
+            tokens = chars // 3 + int(req.get("max_tokens") or req.get("max_completion_tokens") or 0)
+        params = {k: v for k, v in req.items() if k != "messages"} if isinstance(req, dict) else {}
+        st.received(body_key(messages) if messages is not None else None, tokens, params)
         try:
             self.chat_reply(req if isinstance(req, dict) else {}, messages)
         finally:
@@ -464,7 +529,13 @@ class Handler(BaseHTTPRequestHandler):
                            {"Retry-After": f"{max(wait, 0.001):.3f}", "x-ratelimit-remaining-requests": "0"})
             return
         with st.lock:
-            latency = st.latency
+            latency, reasoning = st.latency, (st.reasoning_tokens if st.reasoning else None)
+        refusal = reasoning_refusal(req) if reasoning is not None else None
+        if refusal is not None:  # parameters are checked before any work, as the real API does
+            with st.lock:
+                st.fault_counts[refusal["error"]["code"]] += 1
+            self.send_json(400, refusal)
+            return
         if latency:
             time.sleep(latency)
         fault = st.take_fault()
@@ -496,6 +567,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(503, error_body("The engine is currently overloaded, please try again later.",
                                            "server_error", None))
             return
+        if kind == "400":
+            self.send_json(400, error_body(str(fault.get("message") or "Bad request"), "invalid_request_error",
+                                           fault.get("code"), fault.get("param")))
+            return
         if kind == "malformed":
             self.send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "message": <html>upstream error',
                       content_type=str(fault.get("content_type") or "application/json"))
@@ -519,7 +594,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         jkind, verdict = judge(st, blocks)
         lp = logprobs_block(jkind, verdict, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
-        body = json.dumps(completion(req, verdict, logprobs=lp)).encode()
+        reply = completion(req, verdict, logprobs=lp) if reasoning is None else \
+            reasoning_completion(req, verdict, reasoning)
+        if not reply["choices"][0]["message"]["content"]:  # reasoning used the whole cap: no verdict
+            with st.lock:
+                st.fault_counts["reasoning_cut_off"] += 1
+            self.send_json(200, reply)
+            return
+        body = json.dumps(reply).encode()
 
         if kind == "hang":
             time.sleep(float(fault.get("seconds", 30)))
@@ -578,10 +660,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds slept before every chat reply")
     ap.add_argument("--policy", default="hash")
+    ap.add_argument("--reasoning", action="store_true", help="answer as a reasoning model (see the docstring)")
+    ap.add_argument("--reasoning-tokens", type=int, default=40, help="hidden reasoning tokens billed per reply")
     args = ap.parse_args(argv)
     try:
         state = State(args.api_key or os.environ.get("FAKE_OPENAI_API_KEY") or None, args.policy, args.seed,
-                      args.latency)
+                      args.latency, args.reasoning, max(0, args.reasoning_tokens))
     except BadControl as e:
         ap.error(str(e))
     Handler.state = state

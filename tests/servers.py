@@ -48,7 +48,7 @@ class FakeJudgeServer:
     script = SERVER  # FakeBatchServer swaps in tests/fake_batch_server.py
 
     def __init__(self, api_key: str | None = None, policy: str = "hash", seed: int = 0, latency: float = 0.0,
-                 *, startup_timeout: float = 30.0, env: dict | None = None):
+                 *, reasoning: bool = False, startup_timeout: float = 30.0, env: dict | None = None):
         self.api_key = api_key
         self._stderr = tempfile.TemporaryFile()
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -56,7 +56,7 @@ class FakeJudgeServer:
         if api_key:
             full_env["FAKE_OPENAI_API_KEY"] = api_key  # via the environment: never on a command line
         cmd = [sys.executable, str(self.script), "--port", "0", "--seed", str(seed), "--latency", str(latency),
-               "--policy", policy]
+               "--policy", policy] + (["--reasoning"] if reasoning else [])  # reasoning: see the server's docstring
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=full_env)
         try:

@@ -34,8 +34,10 @@ TERMINAL = {"completed", "expired", "failed", "cancelled"}
 
 
 def request_line(call: Call, cfg: JudgeConfig, model: str) -> bytes:
-    body = {"model": model, "messages": list(call.messages), "max_tokens": cfg.max_tokens, "temperature": 0,
-            "logprobs": True, "top_logprobs": 10}
+    """One request line, its body built as a live call's (no auto switch: a refusal is a per-item error)."""
+    from rlaif.judge.openai_backend import request_body, start_style
+
+    body = request_body(start_style(cfg, model), call, cfg, model)
     return (json.dumps({"custom_id": call.key, "method": "POST", "url": "/v1/chat/completions", "body": body},
                        ensure_ascii=False) + "\n").encode()
 
@@ -72,9 +74,9 @@ def _reply_from_line(line: dict) -> Reply:
 
 
 class BatchJudge:
-    """Same contract as the live backends: run(calls, on_reply, admit)."""
+    """Same contract as the live backends: run(calls, on_reply); all calls are pulled at planning."""
 
-    def __init__(self, cfg: JudgeConfig, model: str, ledger: Ledger, on_retry=None) -> None:
+    def __init__(self, cfg: JudgeConfig, model: str, ledger: Ledger, on_retry=None, **_) -> None:
         import openai
 
         key = os.environ.get(cfg.api_key_env)
@@ -82,7 +84,8 @@ class BatchJudge:
             raise UserError(f"judge.backend=openai: environment variable {cfg.api_key_env} is not set "
                             "(judge.api_key_env names it; the key itself never goes in a config)")
         self.cfg, self.model, self.ledger, self.on_retry = cfg, model, ledger, on_retry
-        self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, max_retries=5, timeout=max(cfg.timeout_s, 120))
+        self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, max_retries=5,
+                                    timeout=max(cfg.timeout_for("chat"), 120))
         self.stats = {"chunks_submitted": 0, "chunks_adopted": 0, "batches_polled": 0, "fallback_live": 0}
 
     # -- the remote steps, each recorded first or right after
@@ -151,7 +154,8 @@ class BatchJudge:
 
     # -- the loop
 
-    def run(self, calls: list[Call], on_reply, admit=lambda c: True) -> None:
+    def run(self, calls, on_reply) -> None:
+        calls = list(calls)  # the stage's iterator ends where its budget does: what it yields is admitted
         by_key = {c.key: c for c in calls}
         chunks = self.ledger.open_chunks()
         open_keys = {k for ch in chunks for k in ch["keys"]}
@@ -161,14 +165,12 @@ class BatchJudge:
                 chunks.remove(ch)
                 open_keys -= set(ch["keys"])
         new = [c for c in calls if c.key not in open_keys]
-        admitted = [c for c in new if admit(c)]
-        planned = [(uuid.uuid4().hex[:16], [c.key for c in part]) for part in split(admitted, self.cfg, self.model)]
+        planned = [(uuid.uuid4().hex[:16], [c.key for c in part]) for part in split(new, self.cfg, self.model)]
         if planned:
             self.ledger.add_chunks(planned)
         chunks = self.ledger.open_chunks()
         resumed = sum(1 for c in chunks if c["status"] != "planned")
-        print(f"judge: batch mode: {len(planned)} new batch(es), {resumed} resumed, "
-              f"{len(new) - len(admitted)} calls held back by the budget", file=sys.stderr)
+        print(f"judge: batch mode: {len(planned)} new batch(es), {resumed} resumed", file=sys.stderr)
         fallback: list[Call] = []
         for ch in chunks:
             if ch["status"] == "planned":
