@@ -32,8 +32,9 @@ CANDIDATES_SCHEMA = pl.Schema({
 })
 
 # One row per judge call outcome. `verdict` names a candidate, not a slot: "a" means a_id won,
-# whichever order it was shown in. Score calls (kind "score") judge a_id alone: verdict "score"
-# with score_a set, or "invalid"; b_id and order are null for them.
+# whichever order it was shown in. Score calls (kind "score", "reward", "checklist") judge a_id
+# alone: verdict "score" (score and reward: score_a the score or reward) or "yes"/"no" (checklist:
+# score_a = P(yes), `item` the question), or "invalid"; b_id and order are null for them.
 JUDGMENTS_SCHEMA = pl.Schema({
     "key": pl.String,
     "prompt_id": pl.String,
@@ -45,6 +46,10 @@ JUDGMENTS_SCHEMA = pl.Schema({
     "score_a": pl.Float64,
     "score_b": pl.Float64,
     "p_a": pl.Float64,  # P(a_id wins) from logprobs, when the backend gives them
+    "grade": pl.Float64,  # graded verdicts: -2..2 from a_id's view (2: a much better), expected when logits give it
+    "item": pl.String,  # checklist calls: the item's id ("0", "1", ... or "p0"... for a per-prompt checklist)
+    "rationale": pl.String,  # judge.explain: the judge's reasoning before its final verdict line
+    "judge_id": pl.String,  # short hash of the judge identity (model, endpoint, style, ...)
     "judge_model": pl.String,
     "template_version": pl.String,
     "input_tokens": pl.Int64,
@@ -137,10 +142,24 @@ def stable_id(obj: Any, n: int = 16) -> str:
 
 # ---------------------------------------------------------------- prompts
 
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, as Windows tools write it; datasets and pandas accept it
+
+
+def _utf8(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line += raw.count(b"\n", 0, e.start)  # raw may hold many lines (a whole CSV file)
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{path}: line {line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8; "
+                        "save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            line = _utf8(raw[len(BOM):] if i == 1 and raw.startswith(BOM) else raw, path, i)
             if not line.strip():
                 continue
             try:
@@ -170,7 +189,8 @@ def _read_table(path: Path, split: str) -> list[dict]:
         if suffix == ".parquet":
             return pl.read_parquet(path).to_dicts()
         if suffix == ".csv":
-            return pl.read_csv(path, infer_schema=False).to_dicts()
+            _utf8(path.read_bytes(), path, 1)  # polars says only "invalid utf-8 sequence"; this names the line
+            return pl.read_csv(path, infer_schema=False).to_dicts()  # polars drops a leading BOM itself
     except pl.exceptions.PolarsError as e:
         raise UserError(f"{path}: cannot read as {suffix[1:]}: {str(e).splitlines()[0]}") from None
     raise UserError(f"{path}: unknown prompts format {suffix!r}; use .jsonl, .parquet, .csv or a saved HF dataset folder")
@@ -190,12 +210,33 @@ def _messages(raw: Any, where: str) -> list[dict]:
             raise UserError(f"{where}: field messages[{j}]: expected exactly the keys role and content")
         if m["role"] not in ROLES:
             raise UserError(f"{where}: field messages[{j}].role: {m['role']!r} is not one of {', '.join(ROLES)}")
-        if not isinstance(m["content"], str):
-            raise UserError(f"{where}: field messages[{j}].content: expected a string, got {type(m['content']).__name__}")
-        out.append({"role": m["role"], "content": m["content"]})
+        content = m["content"]
+        if isinstance(content, list):
+            content = _text_parts(content, f"{where}: field messages[{j}].content")
+        if not isinstance(content, str):
+            raise UserError(f"{where}: field messages[{j}].content: expected a string, got {type(content).__name__}")
+        out.append({"role": m["role"], "content": content})
     if out[-1]["role"] == "assistant":
         raise UserError(f"{where}: field messages: the last message is the assistant's; nothing left to answer")
     return out
+
+
+def _text_parts(parts: list, field: str) -> str:
+    """OpenAI's list-of-parts content ([{"type": "text", "text": ...}]) as one string: the text parts
+    joined by a newline, as vLLM's OpenAI server joins them (vllm/entrypoints/chat_utils.py). rlaif's
+    models read text only, so an image, audio or file part is an error, not silently dropped."""
+    texts = []
+    for n, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            what = f"type {kind!r}" if kind else f"a {type(part).__name__}, not a {{type, text}} object"
+            raise UserError(f"{field}[{n}]: {what}; only text parts are supported")
+        if not isinstance(part.get("text"), str):
+            raise UserError(f"{field}[{n}].text: expected a string")
+        texts.append(part["text"])
+    if not texts:
+        raise UserError(f"{field}: an empty list of parts")
+    return "\n".join(texts)
 
 
 def read_prompts(path: str | Path, split: str = "train") -> pl.DataFrame:

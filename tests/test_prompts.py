@@ -89,3 +89,53 @@ def test_cli_bad_input_is_one_line(tmp_path, override, needle):
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+# ----------------------------------------------------------------------------- issue 11, item 9
+
+def test_bytes_that_are_not_utf8_are_one_line_naming_file_and_line(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    res = rlaif_cli("generate", "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}", f"prompts={p}")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert f"{p}: line 2: byte 0xe9 at column 16 is not UTF-8" in lines[0]
+    c = tmp_path / "latin1.csv"
+    c.write_bytes(b"prompt_id,prompt\na,fine\nb,caf\xe9\n")
+    with pytest.raises(UserError, match=r"latin1.csv: line 3: byte 0xe9 at column 6 is not UTF-8"):
+        read_prompts(c)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    rows = [{"prompt_id": "a", "prompt": "Hi?"}, {"prompt_id": "b", "messages": CHAT}]
+    plain = read_prompts(_write_jsonl(tmp_path / "plain.jsonl", rows))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.jsonl").read_bytes())
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfprompt_id,prompt\na,Hi?\n")
+    assert read_prompts(tmp_path / "bom.jsonl").to_dicts() == plain.to_dicts()
+    assert read_prompts(tmp_path / "bom.csv").to_dicts() == plain.head(1).to_dicts()
+
+
+def test_openai_content_parts_are_joined_text(tmp_path):
+    parts = [{"type": "text", "text": "Translate this:"}, {"type": "text", "text": "bonjour"}]
+    rows = [{"prompt_id": "a", "messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                                            {"role": "user", "content": parts}]}]
+    df = read_prompts(_write_jsonl(tmp_path / "parts.jsonl", rows))
+    assert df["messages"][0].to_list() == [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Translate this:\nbonjour"}]
+    # parquet holds the parts as a list of structs
+    pl.DataFrame(rows).write_parquet(tmp_path / "parts.parquet")
+    assert read_prompts(tmp_path / "parts.parquet").to_dicts() == df.to_dicts()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ([{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "x.png"}}],
+     "line 1: field messages[0].content[1]: type 'image_url'; only text parts are supported"),
+    (["just a string"], "line 1: field messages[0].content[0]: a str, not a {type, text} object"),
+    ([{"type": "text", "text": 3}], "line 1: field messages[0].content[0].text: expected a string"),
+    ([], "line 1: field messages[0].content: an empty list of parts"),
+])
+def test_bad_content_parts_name_row_and_field(tmp_path, content, needle):
+    p = _write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": content}]}])
+    with pytest.raises(UserError) as e:
+        read_prompts(p)
+    assert str(p) in str(e.value) and needle in str(e.value)
