@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlaif.errors import UserError
 
@@ -44,26 +44,64 @@ class GenerateConfig(Strict):
     max_lora_rank: int = Field(64, ge=1)
 
 
+class ChecklistItem(Strict):
+    item: str = Field(..., min_length=1, description="a yes/no question about the response, e.g. 'Is it a numbered list?'")
+    weight: float = Field(1.0, gt=0, description="its share of the checklist score")
+
+
 class JudgeConfig(Strict):
-    backend: Literal["openai", "local"] = Field("local", description="openai: any OpenAI-compatible endpoint; local: in-process transformers")
-    model: str | None = Field(None, description="judge model name (openai) or folder (local; default: the SFT model)")
+    backend: Literal["openai", "local", "reward_model"] = Field(
+        "local", description="openai: any OpenAI-compatible endpoint; local: a causal LM in-process; "
+                             "reward_model: a sequence-classification reward model in-process")
+    model: str | None = Field(None, description="judge model name (openai) or folder (local, reward_model; default: the SFT model)")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1; default: OpenAI's")
     api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key")
-    mode: Literal["pairwise", "score"] = Field("pairwise", description="pairwise: both orders per pair; score: rubric score per response")
+    identity: str | None = Field(
+        None, description="declare that several endpoints are one judge (replicas behind a balancer): this name "
+                          "replaces the endpoint in every ledger key, so they share verdicts")
+    # what "better" means: the user's own criteria (part of every ledger key through the template version)
+    rubric: str | None = Field(None, description="what to prefer: inline text, or a path to a .txt/.md file")
+    principles: list[str] = Field(default_factory=list, description="short principles (a constitution), numbered in the prompt")
+    template: str | None = Field(
+        None, description="a whole template file of yours (YAML with system and user, the shipped templates' fields)")
+    explain: bool = Field(False, description="the judge writes a short rationale, then its verdict on a final line")
+    verdicts: Literal["binary", "graded"] = Field(
+        "binary", description="binary: A, B or tie; graded: A>>B, A>B, A=B, B>A, B>>A (Arena-Hard-Auto's scale)")
+    checklist: list[ChecklistItem | str] = Field(
+        default_factory=list, description="mode=checklist: yes/no items, each asked of each candidate (RLCF)")
+    checklist_from_prompt: bool = Field(
+        False, description="mode=checklist: a generating judge first writes a short checklist for each prompt")
+    # how requests are sent (openai backend)
+    api_style: Literal["auto", "chat", "reasoning"] = Field(
+        "auto", description="chat: max_tokens, temperature 0, logprobs; reasoning (GPT-5, o-series): "
+                            "max_completion_tokens, no temperature, no logprobs; auto: by model name, else by the "
+                            "server's first 'unsupported parameter' reply")
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        None, description="reasoning style: sent as reasoning_effort when set")
+    max_completion_tokens: int = Field(
+        4096, ge=16, description="reasoning style: reply cap including hidden reasoning tokens")
+    mode: Literal["pairwise", "score", "checklist"] = Field(
+        "pairwise", description="pairwise: both orders per pair; score: rubric score per response; "
+                                "checklist: yes/no items per response, best vs worst by weighted score")
     strategy: Literal["best_vs_worst", "all_pairs"] = Field(
         "best_vs_worst", description="best_vs_worst: score all N then confirm top vs bottom in both orders (N+2 calls); all_pairs: N(N-1)")
     concurrency: int = Field(16, ge=1, description="judge calls in flight at once (openai backend)")
     batch_size: int = Field(8, ge=1, description="calls per forward pass (local backend)")
-    timeout_s: float = Field(60.0, gt=0, description="whole-request deadline, slow-dripping replies included")
+    timeout_s: float | None = Field(
+        None, gt=0, description="whole-request deadline, slow-dripping replies included; default 60 s (chat), "
+                                "600 s (reasoning): a timed-out attempt that is retried may be billed twice")
     max_retries: int = Field(6, ge=0, description="retries per call on 429/5xx/timeouts/connection errors")
     max_backoff_s: float = Field(60.0, gt=0, description="longest backoff; a longer Retry-After pauses the run instead")
-    max_tokens: int = Field(8, ge=1, description="reply tokens: the verdict is one short token")
+    max_tokens: int | None = Field(
+        None, ge=1, description="reply tokens (chat style); default 16, or 512 with explain")
     max_cost_usd: float | None = Field(None, ge=0, description="stop loudly when this much has been spent (ledger-wide)")
     max_calls: int | None = Field(None, ge=0, description="stop loudly after this many paid calls (ledger-wide)")
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="model -> [input, output] USD per million tokens")
     ledger: str | None = Field(None, description="SQLite ledger path, shareable across runs; default: in the round folder")
     min_consistency: float = Field(0.6, ge=0, le=1, description="fail the round if position consistency is below this")
+    max_invalid_rate: float = Field(
+        0.5, ge=0, le=1, description="fail the round if more than this share of verdicts is invalid (unparseable)")
     max_input_tokens: int = Field(8192, ge=64, description="judge context; longer inputs are rejected, not sent")
     max_response_chars: int = Field(100_000, ge=1, description="longer candidate texts are rejected, not sent")
     # rate limits (openai backend): shared by every concurrent call of the process, adapting down on 429s
@@ -78,6 +116,17 @@ class JudgeConfig(Strict):
     batch_max_poll_s: float = Field(600.0, gt=0)
     batch_completion_window: str = Field("24h", description="the Batch API's completion_window")
     batch_fallback_live: bool = Field(False, description="send expired or failed batch items as live calls")
+
+    def reply_tokens(self) -> int:
+        """Chat-style reply cap: a verdict is a few tokens, a rationale needs room."""
+        return self.max_tokens or (512 if self.explain else 16)
+
+    def timeout_for(self, style: str) -> float:
+        """Reasoning judges think before they answer: minutes, not seconds (FIELD-NOTES)."""
+        return self.timeout_s or (600.0 if style == "reasoning" else 60.0)
+
+    def items(self) -> list[ChecklistItem]:
+        return [ChecklistItem(item=i) if isinstance(i, str) else i for i in self.checklist]
 
 
 class FilterConfig(Strict):
@@ -113,6 +162,63 @@ class TrainConfig(Strict):
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
 
 
+def _check_error(msg: str):
+    from pydantic_core import PydanticCustomError
+
+    return PydanticCustomError("check", "{msg}", {"msg": msg})  # no "Value error," prefix in the one line
+
+
+class CheckConfig(Strict):
+    """One independent check (rlaif/evaluate/checks.py): exactly one kind among regex, word/sentence
+    limits, json and function. A bad regex or an unimportable function fails when the config loads,
+    before any stage runs."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+    regex: str | None = Field(None, description="Python regular expression searched in the response (re.search)")
+    must_match: bool = Field(True, description="regex: the response must match (true) or must not match (false)")
+    max_words: int | None = Field(None, ge=0, description="at most this many words (whitespace-separated)")
+    min_words: int | None = Field(None, ge=0, description="at least this many words")
+    max_sentences: int | None = Field(None, ge=0, description="at most this many sentences (see checks.py)")
+    min_sentences: int | None = Field(None, ge=0, description="at least this many sentences")
+    is_json: bool = Field(False, alias="json", description="the whole response (stripped) parses as JSON")
+    function: str | None = Field(
+        None, description="module:function(prompt, response) -> bool; prompt is the chat messages list")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v):
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise _check_error(f"not a valid regular expression: {e}") from None
+        return v
+
+    @field_validator("function")
+    @classmethod
+    def _imports(cls, v):
+        from rlaif.evaluate.checks import load_function
+
+        try:
+            load_function(v)
+        except ValueError as e:
+            raise _check_error(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        from rlaif.evaluate.checks import kinds
+
+        found = kinds(self)
+        if len(found) != 1:
+            raise _check_error(f"give exactly one kind of check (regex, max/min_words and max/min_sentences, "
+                               f"json: true, or function), got {', '.join(found) or 'none'}")
+        if not self.must_match and found != ["regex"]:
+            raise _check_error("must_match applies to regex checks only")
+        return self
+
+
 class EvaluateConfig(Strict):
     prompts: str | None = Field(None, description="held-out prompts (never used for training); None: no evaluation")
     prompts_split: str = Field("test", description="split to use when `prompts` is a saved DatasetDict")
@@ -124,7 +230,20 @@ class EvaluateConfig(Strict):
     vs_previous: bool = Field(True, description="also judge round k's policy against round k-1's")
     pairs: str | None = Field(None, description="held-out pairs parquet (pairs schema) for implicit-reward accuracy")
     max_pairs: int = Field(256, ge=1, description="at most this many held-out pairs are scored")
-    n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the win-rate interval")
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the win-rate and check intervals")
+    checks: dict[str, CheckConfig] = Field(
+        default_factory=dict, description="named checks measured without the judge on policy and SFT answers, e.g. "
+                                          "{short: {max_words: 120}, no_sorry: {regex: 'sorry', must_match: false}}")
+
+    @field_validator("checks")
+    @classmethod
+    def _names(cls, v):
+        import re
+
+        bad = [n for n in v if not re.fullmatch(r"[A-Za-z0-9_-]+", n)]
+        if bad:  # names become eval.json keys, plot labels and key.sub=value overrides
+            raise _check_error(f"check name {bad[0]!r}: use letters, digits, _ and - only")
+        return v
 
 
 class RunSection(Strict):

@@ -7,6 +7,7 @@ its own dependencies are never installed). Nothing is fetched from a model hub.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -118,3 +119,55 @@ def resolve_model(name: str) -> str:
         raise UserError(f"model {name!r}: no such folder (rlaif loads local models only; "
                         "use model=demo for the offline SmolLM2 demo model)")
     return str(p)
+
+
+def content_id(folder: str | Path) -> str:
+    """A short hash of what a local model or adapter folder holds, read cheaply: its JSON configs and
+    each safetensors file's header (tensor names, shapes, dtypes, offsets) plus its size. A retrained
+    adapter at the same path gets a new id; a copy of the same folder elsewhere keeps it. A name that
+    is not a folder (a hub id, an API model name) is returned as is."""
+    import hashlib
+    import struct
+
+    path = Path(folder)
+    if not path.is_dir():
+        return str(folder)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix == ".json" and f.name.endswith("config.json"):
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))  # safetensors: u64 header length, then JSON header
+                h.update(f.name.encode() + fh.read(min(n, 100_000_000)) + str(f.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+WHOLE_BYTES = 16 << 20  # files up to this size are hashed whole (configs, tokenizers, small adapters)
+SAMPLE_BYTES, SAMPLES = 64 << 10, 16
+
+
+def folder_id(path: str | Path) -> str:
+    """What a local model or adapter folder holds, not where it is (issue 11, item 6): a hash over
+    each file's name and size, small files whole, larger ones (weights) by their first MiB (a
+    safetensors header lists every tensor's name, dtype, shape and offset) plus 64 KiB at 16 evenly
+    spaced offsets and the last 64 KiB. Retraining changes essentially every weight, so any sample
+    catches it, and a 16 GB model costs about 2 MiB of reads. Hidden files and *.md cards are left
+    out: they never change an output."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix != ".md"
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name if f == root else f.relative_to(root)}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= WHOLE_BYTES:
+                h.update(fh.read())
+                continue
+            spots = [(0, 1 << 20)] + [(size * i // (SAMPLES + 1), SAMPLE_BYTES) for i in range(1, SAMPLES + 1)]
+            for off, n in spots + [(size - SAMPLE_BYTES, SAMPLE_BYTES)]:
+                fh.seek(off)
+                h.update(fh.read(n))
+    return h.hexdigest()[:16]

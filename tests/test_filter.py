@@ -9,7 +9,7 @@ import pytest
 
 from rlaif.config import FilterConfig, RunConfig
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, write_parquet
+from rlaif.io import write_json, CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, write_parquet
 from rlaif.judge import filter as flt
 
 NO_LIMITS = FilterConfig(drop_length_truncated=False, max_length_ratio=None)
@@ -272,6 +272,14 @@ def test_run_end_to_end(tmp_path, capsys):
         flt.run(cfg)
     j = judgments(both("p", "p/a", "p/b", "b", "b") + both("q", "q/a", "q/b", "a", "b"))
     write_parquet(rdir / "judgments.parquet", j, JUDGMENTS_SCHEMA)
+    # judgments of an unfinished judge (a budget stop, a failed audit) are refused: no judge manifest
+    write_json(rdir / "judge-report.json", {"pending_calls": 3})
+    with pytest.raises(UserError, match=r"the judge has not finished \(3 calls pending\)"):
+        flt.run(cfg)
+    write_json(rdir / "judge-report.json", {"pending_calls": 0, "invalid_rate": 0.9})
+    with pytest.raises(UserError, match=r"the judge has not finished \(its audit failed"):
+        flt.run(cfg)
+    write_json(rdir / "judge.manifest.json", {"stage": "judge"})
     with pytest.raises(UserError, match="run `rlaif generate` first"):
         flt.run(cfg)
     write_parquet(rdir / "candidates" / "part-00000.parquet", cands_for(j), CANDIDATES_SCHEMA)

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
-from rlaif.judge.ledger import Ledger
-from rlaif.judge.stage import Runner, _call, _norm, derive, judge_model_name, read_candidates
+from rlaif.judge.session import JudgeSession, judge_model_name, same_text
+from rlaif.judge.stage import read_candidates
 from rlaif.train.policy import adapter_dir, policy_base
 
 EVAL_JSON = Path("eval") / "eval.json"
@@ -71,8 +70,10 @@ def answers(cfg: RunConfig, prompts: pl.DataFrame, k: int | None) -> pl.DataFram
            "data_parallel_size": 1, "worker": None}
     if k is not None:
         adapter = adapter_dir(cfg, k)
-        if not (adapter / "adapter_config.json").exists():
-            raise UserError(f"{adapter}: round {k} has no trained adapter; run `rlaif train round={k}` first")
+        # The train manifest, written last, not adapter_config.json, which save_model writes before the weights
+        if not (adapter.parent / "train.manifest.json").exists():
+            raise UserError(f"{adapter}: round {k} has no trained adapter ({adapter.parent / 'train.manifest.json'} "
+                            f"missing); run `rlaif train round={k}` first")
         upd.update(model=policy_base(cfg, k), adapter=str(adapter.resolve()))
     sub = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=upd), "round": 0 if k is None else k})
     out = sft_dir(cfg) if k is None else answers_dir(cfg, k)
@@ -88,18 +89,18 @@ def matchups(policy: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
     return m.select("prompt_id", "messages", policy_id="candidate_id", sft_id="candidate_id_o",
                     policy_text="response", sft_text="response_o").with_columns(
         identical=pl.struct("policy_text", "sft_text").map_elements(
-            lambda r: _norm(r["policy_text"]) == _norm(r["sft_text"]), return_dtype=pl.Boolean)).sort("prompt_id")
+            lambda r: same_text(r["policy_text"], r["sft_text"]), return_dtype=pl.Boolean)).sort("prompt_id")
 
 
-def plan_calls(cfg: RunConfig, model: str, m: pl.DataFrame) -> list:
+def plan_calls(cfg: RunConfig, js: JudgeSession, m: pl.DataFrame) -> list:
     sent = m.filter(~pl.col("identical"))
     calls = []
     for r in sent.iter_rows(named=True):
         a, b = (r["policy_id"], r["policy_text"]), (r["sft_id"], r["sft_text"])
         if cfg.evaluate.mode == "pairwise":
-            calls += [_call(cfg, model, "pairwise", r["prompt_id"], r["messages"], a, b, o) for o in ("ab", "ba")]
+            calls += js.pairwise(r["prompt_id"], r["messages"], a, b)
         else:
-            calls += [_call(cfg, model, "score", r["prompt_id"], r["messages"], x, None, None) for x in (a, b)]
+            calls += js.single(r["prompt_id"], r["messages"], a) + js.single(r["prompt_id"], r["messages"], b)
     return calls
 
 
@@ -124,19 +125,13 @@ def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: di
     return out, res
 
 
-def judge(cfg: RunConfig, model: str, groups: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+def judge(cfg: RunConfig, groups: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """Send every group's missing calls through the round's ledger; judgments per group."""
-    j = cfg.judge
-    if j.backend == "openai" and not os.environ.get(j.api_key_env):
-        raise UserError(f"judge.backend=openai: environment variable {j.api_key_env} is not set")
-    ledger = Ledger(j.ledger or cfg.round_dir() / "judge-ledger.sqlite")
-    runner = Runner(cfg, ledger, model)
-    plans = {name: plan_calls(cfg, model, m) for name, m in groups.items()}
-    try:
-        runner.execute([c for p in plans.values() for c in p], f"evaluate: judge ({cfg.evaluate.mode})")
-        out = {name: derive(ledger, p) for name, p in plans.items()}
-    finally:
-        ledger.close()
+    with JudgeSession(cfg, cfg.judge.ledger or cfg.round_dir() / "judge-ledger.sqlite") as js:
+        plans = {name: plan_calls(cfg, js, m) for name, m in groups.items()}
+        js.send([c for p in plans.values() for c in p], f"evaluate: judge ({cfg.evaluate.mode})")
+        out = {name: js.results(p) for name, p in plans.items()}
+        runner = js.runner
     pending = sum(len({c.key for c in p}) - out[n]["key"].n_unique() for n, p in plans.items())
     if runner.stopped:
         raise BudgetExceeded(f"evaluate stopped: {runner.stopped}; {pending} calls pending. Rerun with a higher "
@@ -213,6 +208,9 @@ def run(cfg: RunConfig) -> Path:
     sft = answers(cfg, prompts, None)
     pol = answers(cfg, prompts, k)
     groups = {"sft": matchups(pol, sft)}
+    from rlaif.evaluate import checks as CK  # the user's checks: measured without the judge, before paying it
+
+    checks = CK.measure(cfg, groups["sft"], edir / "checks.parquet")
     prev = None
     if cfg.evaluate.vs_previous and k > 0:
         prev = answers(cfg, prompts, k - 1)
@@ -220,7 +218,7 @@ def run(cfg: RunConfig) -> Path:
     t_gen = time.perf_counter() - t0
     tokens = dict(zip(pl.concat([pol, sft] + ([prev] if prev is not None else []))["candidate_id"],
                       pl.concat([pol, sft] + ([prev] if prev is not None else []))["num_tokens"]))
-    judgments = judge(cfg, model, groups)
+    judgments = judge(cfg, groups)
     out, res = compare(cfg, groups["sft"], judgments["sft"], tokens)
     write_parquet(edir / "judgments.parquet", pl.concat(list(judgments.values())).unique("key", maintain_order=True))
     write_parquet(edir / "outcomes.parquet", out)
@@ -231,7 +229,7 @@ def run(cfg: RunConfig) -> Path:
         vs_prev = {key: vs_prev[key] for key in ("win_rate", "win_rate_ci", "lc_win_rate", "length_coef",
                                                  "n_comparisons", "n_identical", "position_consistency")}
     ra = reward_accuracy(cfg, k)
-    result = {"round": k, **res, **(ra or {}), "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
+    result = {"round": k, **res, **(ra or {}), "checks": checks, "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
               "judge_model": model, "heldout_prompts": cfg.evaluate.prompts,
               "policy": {"base": policy_base(cfg, k), "adapter": str(adapter_dir(cfg, k).resolve())},
               "sampling": {"temperature": cfg.evaluate.temperature,
@@ -239,6 +237,8 @@ def run(cfg: RunConfig) -> Path:
               "timing": {"answers_s": round(t_gen, 3), "wall_s": round(time.perf_counter() - t0, 3)}}
     path = write_json(cfg.round_dir() / EVAL_JSON, result)
     print(headline(result))
+    if checks:
+        print(f"evaluate: {CK.headline(checks)}")
     return path
 
 

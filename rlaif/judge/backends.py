@@ -1,41 +1,74 @@
-"""Judge backends behind one small contract: `run(calls, on_reply)` sends each call and hands
-every reply to `on_reply` as soon as it lands (the stage writes it to the ledger at once)."""
+"""The judge backend contract, one method (the shape of simonw/llm's `Model.execute`):
+
+    backend = load_judge(cfg.judge, model, ledger=..., on_retry=...)
+    backend.run(calls, on_reply)
+
+`calls` is an iterator the stage owns: a backend pulls the next call only when it can send it,
+and the stage stops yielding when a budget is reached, so budgets live in one place (the stage's
+Runner), never inside a backend. `on_reply(call, reply)` gets every reply as soon as it lands;
+the stage writes it to the ledger at once. A backend never reads or writes verdicts itself.
+
+Which backend answers: the `BACKENDS` dict of "module:Class" strings, imported only when chosen
+(lm-evaluation-harness's model map), so `rlaif --help` imports none of them.
+"""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 BACKENDS = {
-    "openai": "rlaif.judge.openai_backend:OpenAIJudge",
-    "local": "rlaif.judge.local:LocalJudge",
+    "openai": "rlaif.judge.openai_backend:OpenAIJudge",  # live chat completions, any compatible endpoint
+    "openai-batch": "rlaif.judge.batch:BatchJudge",  # the OpenAI Batch API (judge.mode_api=batch)
+    "local": "rlaif.judge.local:LocalJudge",  # a causal LM in-process, verdicts off the logits
+    "reward_model": "rlaif.judge.reward_model:RewardModelJudge",  # a sequence-classification reward model
 }
+
+KINDS = ("pairwise", "score", "checklist", "reward")
 
 
 @dataclass(frozen=True)
 class Call:
     key: str
     prompt_id: str
-    kind: str  # pairwise | score
+    kind: str  # pairwise | score | checklist (one item, one candidate) | reward (reward model score)
     a_id: str
     b_id: str | None
     order: str | None  # ab: a_id in slot A; ba: b_id in slot A
-    messages: tuple  # the judge's chat messages (rendered template)
+    messages: tuple  # the judge's chat messages (rendered template); empty for kind "reward"
     est_input_tokens: int = 0
+    labels: tuple = ()  # the answer labels a logit-reading backend chooses among, in slot terms
+    chat: tuple = ()  # the conversation judged (reward models apply their own chat template to it)
+    response: str | None = None  # the candidate's text (kind reward)
+    item: str | None = None  # checklist item id, e.g. "0" (kind checklist)
+    max_tokens: int = 8  # reply token cap for this call
 
 
 @dataclass
 class Reply:
     text: str | None = None
-    top: dict[str, float] | None = None  # first reply token's top logprobs
+    top: dict[str, float] | None = None  # first reply token's top logprobs (or label log-likelihoods)
     finish_reason: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     latency_s: float = 0.0
     attempts: int = 1
     error: str | None = None  # set when no reply was obtained (not stored as a verdict)
-    extra: dict = field(default_factory=dict)
+    score: float | None = None  # a reward model's scalar reward
+    extra: dict = field(default_factory=dict)  # backend notes for the ledger's request record
 
 
-def load_judge(name: str, **kwargs):
-    module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+class Backend(Protocol):
+    def run(self, calls: Iterator[Call], on_reply: Callable[[Call, Reply], None]) -> None: ...
+
+
+def backend_name(cfg) -> str:
+    """The BACKENDS entry a JudgeConfig selects."""
+    if cfg.backend == "openai" and cfg.mode_api == "batch":
+        return "openai-batch"
+    return cfg.backend
+
+
+def load_judge(cfg, model: str, **kwargs) -> Backend:
+    module, cls = BACKENDS[backend_name(cfg)].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg=cfg, model=model, **kwargs)

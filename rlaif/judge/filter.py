@@ -26,10 +26,33 @@ SCALE = 8.0  # rubric scores run 1..9, so the widest gap is 8
 C = pl.col
 
 
-def _scores(judgments: pl.LazyFrame) -> pl.LazyFrame:
-    """(prompt_id, cid, score): the mean of each candidate's valid rubric scores."""
-    ok = (C("kind") == "score") & (C("verdict") == "score") & C("score_a").is_not_null()
-    return judgments.filter(ok).group_by("prompt_id", C("a_id").alias("cid")).agg(score=C("score_a").mean())
+def _scores(judgments: pl.LazyFrame, weights: dict[str, float] | None = None) -> pl.LazyFrame:
+    """(prompt_id, cid, score, scale): each candidate's score when judged alone.
+
+    score: the mean of its valid 1-9 rubric scores (scale 8, the widest gap); reward: its reward
+    (scale None: margins go through a sigmoid); checklist: the weighted mean of P(yes) over its
+    items (scale 1), and no score at all if any item's answer was invalid — a candidate is never
+    ranked on part of its checklist."""
+    rubric = (judgments.filter((C("kind") == "score") & (C("verdict") == "score") & C("score_a").is_not_null())
+              .group_by("prompt_id", C("a_id").alias("cid")).agg(score=C("score_a").mean())
+              .with_columns(scale=pl.lit(SCALE)))
+    reward = (judgments.filter((C("kind") == "reward") & (C("verdict") == "score") & C("score_a").is_not_null())
+              .group_by("prompt_id", C("a_id").alias("cid")).agg(score=C("score_a").mean())
+              .with_columns(scale=pl.lit(None, pl.Float64)))
+    w = C("item").replace_strict(weights or {}, default=1.0, return_dtype=pl.Float64)
+    checklist = (judgments.filter(C("kind") == "checklist").with_columns(w=w)
+                 .group_by("prompt_id", C("a_id").alias("cid"))
+                 .agg(ok=(C("verdict") != "invalid").all(), score=(C("score_a") * C("w")).sum() / C("w").sum())
+                 .filter("ok").drop("ok").with_columns(scale=pl.lit(1.0)))
+    return pl.concat([rubric, reward, checklist])
+
+
+def _score_margin(hi: pl.Expr, lo: pl.Expr) -> pl.Expr:
+    """0..1, as pairwise margins (2p - 1): the score gap over its scale, or for rewards the
+    Bradley-Terry probability that the higher-reward response is better, sigmoid(r_hi - r_lo)
+    (Ouyang et al. 2022, eq. 1), mapped the same way: 2 sigmoid(d) - 1 = tanh(d / 2)."""
+    return (pl.when(C("scale").is_null()).then(((hi - lo) / 2).tanh()).otherwise((hi - lo) / C("scale"))
+            .clip(0.0, 1.0))
 
 
 def _pairwise(pw: pl.LazyFrame, scores: pl.LazyFrame) -> pl.LazyFrame:
@@ -39,7 +62,8 @@ def _pairwise(pw: pl.LazyFrame, scores: pl.LazyFrame) -> pl.LazyFrame:
         bad=(~v.is_in(VERDICTS)).fill_null(True).any(),  # invalid, null or unknown verdict
         has_ab=(C("order") == "ab").any(), has_ba=(C("order") == "ba").any(),
         n_a=(v == "a").sum(), n_b=(v == "b").sum(), n_tie=(v == "tie").sum(), n=pl.len(),
-        p_ok=C("p_a").is_not_null().all(), p_a=C("p_a").mean())
+        p_ok=C("p_a").is_not_null().all(), p_a=C("p_a").mean(),
+        g_ok=C("grade").is_not_null().all(), grade=C("grade").mean())
     outcome = (pl.when(C("bad") | ~C("has_ab") | ~C("has_ba")).then(pl.lit("invalid"))
                .when((C("n_a") == C("n")) | (C("n_b") == C("n"))).then(pl.lit("label"))
                .when(C("n_tie") == C("n")).then(pl.lit("tie"))
@@ -47,10 +71,14 @@ def _pairwise(pw: pl.LazyFrame, scores: pl.LazyFrame) -> pl.LazyFrame:
     g = g.with_columns(outcome=outcome).with_columns(b_won=(C("outcome") == "label") & (C("n_b") == C("n")))
     g = g.with_columns(chosen_id=pl.when("b_won").then("b_id").otherwise("a_id"),
                        rejected_id=pl.when("b_won").then("a_id").otherwise("b_id"),
-                       p_chosen=pl.when("b_won").then(1 - C("p_a")).otherwise("p_a"))
-    g = (g.join(scores.rename({"cid": "chosen_id", "score": "s_c"}), on=["prompt_id", "chosen_id"], how="left")
-         .join(scores.rename({"cid": "rejected_id", "score": "s_r"}), on=["prompt_id", "rejected_id"], how="left"))
+                       p_chosen=pl.when("b_won").then(1 - C("p_a")).otherwise("p_a"),
+                       g_chosen=pl.when("b_won").then(-C("grade")).otherwise("grade"))
+    sc = scores.select("prompt_id", "cid", "score")
+    g = (g.join(sc.rename({"cid": "chosen_id", "score": "s_c"}), on=["prompt_id", "chosen_id"], how="left")
+         .join(sc.rename({"cid": "rejected_id", "score": "s_r"}), on=["prompt_id", "rejected_id"], how="left"))
+    # graded verdicts: the mean grade over both orders from chosen's side, over its maximum (2)
     margin = (pl.when("p_ok").then(2 * C("p_chosen") - 1)
+              .when("g_ok").then(C("g_chosen") / 2)
               .when(C("s_c").is_not_null() & C("s_r").is_not_null()).then((C("s_c") - C("s_r")) / SCALE)
               .otherwise(1.0).clip(0.0, 1.0))
     return g.with_columns(margin=margin, source=pl.lit("pairwise"))
@@ -61,23 +89,22 @@ def _score_only(scores: pl.LazyFrame, prompts: pl.LazyFrame) -> pl.LazyFrame:
     by = dict(by=["score", "cid"], descending=[True, False])
     g = prompts.join(scores, on="prompt_id", how="left").group_by("prompt_id").agg(
         chosen_id=C("cid").sort_by(**by).first(), rejected_id=C("cid").sort_by(**by).last(),
-        hi=C("score").max(), lo=C("score").min(), n=C("score").count())
+        hi=C("score").max(), lo=C("score").min(), n=C("score").count(), scale=C("scale").first())
     outcome = (pl.when(C("n") < 2).then(pl.lit("invalid"))
                .when(C("hi") == C("lo")).then(pl.lit("tie")).otherwise(pl.lit("label")))
-    return g.with_columns(outcome=outcome, margin=((C("hi") - C("lo")) / SCALE).clip(0.0, 1.0),
-                          source=pl.lit("score"))
+    return g.with_columns(outcome=outcome, margin=_score_margin(C("hi"), C("lo")), source=pl.lit("score"))
 
 
-def compare(judgments: pl.DataFrame) -> pl.DataFrame:
+def compare(judgments: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
     """One row per comparison: prompt_id, chosen_id, rejected_id, outcome, consistent, margin, source.
 
     outcome is label|invalid|tie|inconsistent; chosen/rejected are meaningful for labels only
     (otherwise a_id/b_id, or best/worst by score), and margin is null for non-labels.
     """
     j = judgments.lazy()
-    scores = _scores(j)
+    scores = _scores(j, weights)
     pw = j.filter(C("kind") == "pairwise")
-    score_prompts = (j.filter(C("kind") == "score").select("prompt_id").unique()
+    score_prompts = (j.filter(C("kind").is_in(["score", "reward", "checklist"])).select("prompt_id").unique()
                      .join(pw.select("prompt_id").unique(), on="prompt_id", how="anti"))
     cols = ["prompt_id", "chosen_id", "rejected_id", "outcome", "margin", "source"]
     out = pl.concat([_pairwise(pw, scores).select(cols), _score_only(scores, score_prompts).select(cols)])
@@ -168,9 +195,9 @@ def _pairs(kept: pl.DataFrame, candidates: pl.DataFrame, round_: int) -> pl.Data
 
 
 def filter_pairs(judgments: pl.DataFrame, candidates: pl.DataFrame, cfg: FilterConfig,
-                 round_: int) -> tuple[pl.DataFrame, dict]:
+                 round_: int, weights: dict[str, float] | None = None) -> tuple[pl.DataFrame, dict]:
     """(pairs in PAIRS_SCHEMA sorted by prompt_id, chosen_id; card with the count each filter removed)."""
-    df = _join(compare(judgments), candidates).with_columns(reason=_reason(cfg))
+    df = _join(compare(judgments, weights), candidates).with_columns(reason=_reason(cfg))
     if cfg.balance_length:
         df = _balance(df, cfg.chosen_longer_share)
     counts = dict(df.group_by("reason").len().iter_rows())
@@ -194,6 +221,9 @@ def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     jpath = rdir / "judgments.parquet"
     if not jpath.exists():
         raise UserError(f"{jpath}: not found; run `rlaif judge` first")
+    if not (rdir / "judge.manifest.json").exists():  # written last by a judge that finished and passed its audit
+        raise UserError(f"{rdir}: the judge has not finished ({_why_unfinished(rdir)}); pairs from partial or "
+                        "failed judgments would train on noise: rerun `rlaif judge` first")
     parts = sorted((rdir / "candidates").glob("part-*.parquet"))
     if not parts:
         raise UserError(f"{rdir / 'candidates'}: no candidate shards; run `rlaif generate` first")
@@ -201,10 +231,23 @@ def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
             read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates"))
 
 
+def _why_unfinished(rdir: Path) -> str:
+    import json
+
+    try:
+        rep = json.loads((rdir / "judge-report.json").read_text())
+    except (OSError, ValueError):
+        return "no judge-report.json"
+    if rep.get("pending_calls"):
+        return f"{rep['pending_calls']} calls pending"
+    return "its audit failed: see judge-report.json (invalid rate, position consistency)"
+
+
 def run(cfg: RunConfig) -> Path:
     """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
     judgments, candidates = _read(cfg)
-    pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round)
+    weights = {str(i): it.weight for i, it in enumerate(cfg.judge.items())}
+    pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights)
     rdir = cfg.round_dir()
     path = write_parquet(rdir / "pairs.parquet", pairs, PAIRS_SCHEMA)
     write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card})

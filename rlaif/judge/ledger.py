@@ -16,13 +16,16 @@ import polars as pl
 from rlaif.io import JUDGMENTS_SCHEMA, stable_id
 
 COLUMNS = ["key", "status", "prompt_id", "kind", "a_id", "b_id", "order", "verdict", "score_a", "score_b", "p_a",
-           "judge_model", "template_version", "input_tokens", "output_tokens", "cost_usd", "latency_s", "error",
-           "raw", "attempts", "request", "created_at"]
+           "grade", "item", "rationale", "judge_id", "judge_model", "template_version", "input_tokens",
+           "output_tokens", "cost_usd", "latency_s", "error", "raw", "attempts", "request", "created_at"]
+# Columns added after the first release: an older ledger gets them (null) when opened.
+ADDED = {"grade": "REAL", "item": "TEXT", "rationale": "TEXT", "judge_id": "TEXT"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
   key TEXT PRIMARY KEY, status TEXT NOT NULL, prompt_id TEXT, kind TEXT, a_id TEXT, b_id TEXT, "order" TEXT,
-  verdict TEXT, score_a REAL, score_b REAL, p_a REAL, judge_model TEXT, template_version TEXT,
+  verdict TEXT, score_a REAL, score_b REAL, p_a REAL, grade REAL, item TEXT, rationale TEXT, judge_id TEXT,
+  judge_model TEXT, template_version TEXT,
   input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL, error TEXT, raw TEXT,
   attempts INTEGER, request TEXT, created_at REAL
 );
@@ -36,10 +39,13 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 
-def call_key(judge_model: str, template_version: str, params: dict, messages: list[dict], first: str,
-             second: str | None, order: str | None) -> str:
-    """hash(judge model, template version, sampling params, prompt, response A, response B, order)."""
-    return stable_id([judge_model, template_version, params, messages, first, second, order], n=32)
+def call_key(identity: dict, template_version: str, messages: list[dict], first: str, second: str | None,
+             order: str | None, item: str | None = None) -> str:
+    """hash(judge identity, template version, prompt, response A, response B, order, checklist item).
+
+    The identity (rlaif.judge.identity) names everything about the judge that can change a verdict:
+    model, endpoint or declared identity, request style, reasoning effort, reply cap."""
+    return stable_id([identity, template_version, messages, first, second, order, item], n=32)
 
 
 class Ledger:
@@ -50,6 +56,10 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
         self.db.executescript(SCHEMA)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(calls)")}
+        for col, typ in ADDED.items():
+            if col not in have:
+                self.db.execute(f"ALTER TABLE calls ADD COLUMN {col} {typ}")
 
     def close(self) -> None:
         self.db.close()
@@ -67,11 +77,17 @@ class Ledger:
         return rows
 
     def record(self, row: dict) -> None:
-        """One finished call, one transaction. 'done' is final; an 'error' row may be replaced later."""
-        row = {**row, "created_at": time.time()}
+        """One finished call, one transaction. 'done' is final; an 'error' row may be replaced later.
+
+        Every column is written (null where the row has none), so a call that failed once and
+        succeeded later keeps nothing of the failure: no stale error text beside a verdict."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"ledger.record: unknown column(s) {sorted(unknown)}")
+        row = {**{c: None for c in COLUMNS}, **row, "created_at": time.time()}
         if isinstance(row.get("request"), dict):
             row["request"] = json.dumps(row["request"], sort_keys=True)
-        cols = [c for c in COLUMNS if c in row]
+        cols = COLUMNS
         sql = (f"INSERT INTO calls ({','.join(f'{chr(34)}{c}{chr(34)}' for c in cols)}) VALUES "
                f"({','.join('?' * len(cols))}) ON CONFLICT(key) DO UPDATE SET "
                + ",".join(f'"{c}"=excluded."{c}"' for c in cols if c != "key")

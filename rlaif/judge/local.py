@@ -1,22 +1,24 @@
-"""Local judge: the judge model in-process (transformers), verdict from next-token probabilities.
+"""Local judge: the judge model in-process (transformers), verdicts read off the logits.
 
-No text is parsed: after the chat template's assistant prefix, the probabilities of the answer
-labels ("A"/"B", or the digits 1-9) are read off the logits, so every call yields a verdict.
+No text is parsed for plain verdicts: after the chat template's assistant prefix, the
+log-likelihood of each answer label the call allows ("A"/"B", the digits 1-9, "Yes"/"No", or the
+graded "[[A>>B]]" ... "[[B>>A]]") is computed, and the reply is the likeliest label, so every
+call yields a verdict. Single-token labels need one forward pass per batch; multi-token labels
+are scored by teacher forcing each label after the prompt (one sequence per label).
+With judge.explain (or a checklist writer call) the model generates text greedily instead, and
+the stage parses its final line like any API reply.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
-from rlaif.config import JudgeConfig
 from rlaif.judge.backends import Call, Reply
 from rlaif.models import default_dtype, left_pad
 
-PAIR_LABELS = ["A", "B"]
-SCORE_LABELS = [str(i) for i in range(1, 10)]
-
 
 class LocalJudge:
-    def __init__(self, cfg: JudgeConfig, model: str, on_retry=None) -> None:
+    def __init__(self, cfg, model: str, **_) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,40 +27,72 @@ class LocalJudge:
         self.tok = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=default_dtype()).to(self.device).eval()
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        self.label_ids = {lab: self._label_id(lab) for lab in PAIR_LABELS + SCORE_LABELS}
-
-    def _label_id(self, label: str) -> int:
-        ids = self.tok.encode(label, add_special_tokens=False)
-        return ids[0]  # single-character labels are one token in every tokenizer we target
-
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self._ids(messages))
 
     def _ids(self, messages) -> list[int]:
         enc = self.tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(enc["input_ids"])
 
-    def _forward(self, calls: list[Call]):
+    def _label_ids(self, label: str) -> list[int]:
+        return self.tok.encode(label, add_special_tokens=False)
+
+    def _logits_last(self, seqs: list[list[int]]):
         import torch
 
-        seqs = [self._ids(c.messages) for c in calls]
         ids, mask = left_pad(seqs, self.pad)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1).cpu(), [len(s) for s in seqs]
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return torch.log_softmax(out.float(), dim=-1).cpu()
 
-    def run(self, calls: list[Call], on_reply, admit=lambda c: True) -> None:
-        bs = self.cfg.batch_size
-        for i in range(0, len(calls), bs):
-            batch = [c for c in calls[i:i + bs] if admit(c)]
-            if not batch:
-                continue
+    def _label_scores(self, batch: list[Call], prompts: list[list[int]]) -> list[dict[str, float]]:
+        """{label: log-likelihood of the label as the reply} for each call."""
+        labels = [{lab: self._label_ids(lab) for lab in c.labels} for c in batch]
+        if all(len(ids) == 1 for lab in labels for ids in lab.values()):
+            logp = self._logits_last(prompts)[:, -1]
+            return [{lab: float(row[ids[0]]) for lab, ids in lab_ids.items()} for row, lab_ids in zip(logp, labels)]
+        seqs, where = [], []
+        for i, (p, lab_ids) in enumerate(zip(prompts, labels)):
+            for lab, ids in lab_ids.items():
+                seqs.append(p + ids)
+                where.append((i, lab, len(ids)))
+        logp = self._logits_last(seqs)
+        out: list[dict[str, float]] = [{} for _ in batch]
+        for row, seq, (i, lab, n) in zip(logp, seqs, where):
+            # left padded: the label's tokens are the last n positions, predicted one position earlier
+            tgt = seq[-n:]
+            out[i][lab] = float(sum(row[-n - 1 + t, tok] for t, tok in enumerate(tgt)))
+        return out
+
+    def _generate(self, batch: list[Call], prompts: list[list[int]]) -> list[tuple[str, str]]:
+        import torch
+
+        ids, mask = left_pad(prompts, self.pad)
+        n = max(c.max_tokens for c in batch)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=n, do_sample=False, pad_token_id=self.pad)
+        res = []
+        for row in out[:, ids.shape[1]:].cpu().tolist():
+            stop = self.tok.eos_token_id in row
+            row = row[:row.index(self.tok.eos_token_id)] if stop else row
+            res.append((self.tok.decode(row, skip_special_tokens=True), "stop" if stop else "length"))
+        return res
+
+    def run(self, calls, on_reply) -> None:
+        it = iter(calls)
+        while batch := list(itertools.islice(it, self.cfg.batch_size)):
             t0 = time.monotonic()
-            logp, lengths = self._forward(batch)
+            prompts = [self._ids(c.messages) for c in batch]
+            gen = [c for c in batch if self.cfg.explain or not c.labels]
+            if gen:  # explained verdicts and checklist writing: text, parsed by the stage
+                texts = self._generate(batch, prompts)
+                dt = (time.monotonic() - t0) / len(batch)
+                for call, p, (text, fin) in zip(batch, prompts, texts):
+                    on_reply(call, Reply(text=text, finish_reason=fin, input_tokens=len(p),
+                                         output_tokens=len(self.tok.encode(text, add_special_tokens=False)),
+                                         latency_s=dt))
+                continue
+            scores = self._label_scores(batch, prompts)
             dt = (time.monotonic() - t0) / len(batch)
-            for row, call, n_in in zip(logp, batch, lengths):
-                labels = PAIR_LABELS if call.kind == "pairwise" else SCORE_LABELS
-                top = {lab: float(row[self.label_ids[lab]]) for lab in labels}
-                best = max(top, key=top.get)
-                on_reply(call, Reply(text=best, top=top, finish_reason="stop", input_tokens=n_in,
-                                     output_tokens=1, latency_s=dt))
+            for call, p, top in zip(batch, prompts, scores):
+                on_reply(call, Reply(text=max(top, key=top.get), top=top, finish_reason="stop",
+                                     input_tokens=len(p), output_tokens=1, latency_s=dt))

@@ -35,16 +35,19 @@ def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
             "decisive_calls": d.height}
 
 
-def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, runner, model: str,
-                 identical_skipped: int, pending: int) -> dict:
-    j = cfg.judge
+def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, js, identical_skipped: int,
+                 pending: int) -> dict:
+    j, runner, model = cfg.judge, js.runner, js.model
     pw = judgments.filter(pl.col("kind") == "pairwise")
     prompts = judgments["prompt_id"].n_unique()
     stats = runner.stats
-    gov = getattr(runner.backend, "governor", None)  # openai backend with judge.rpm/tpm set
-    extra = {"rate_governor": gov.stats()} if gov is not None and gov.active else {}
+    backend = runner.backend
+    gov = getattr(backend, "governor", None)  # openai backend with judge.rpm/tpm set
+    extra = {"rate_governor": gov.stats()} if gov is not None and getattr(gov, "active", False) else {}
     return {
         "judge_model": model, "backend": j.backend, "mode": j.mode, "strategy": j.strategy,
+        "judge_id": js.judge_id, "identity": js.identity, "rubric": js.spec.rubric_id,
+        "explain": j.explain, "verdicts": j.verdicts,
         "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
         "self_judging": model in (cfg.model, _resolved(cfg.model)),
         "inputs": {"candidates_in": cands.height, "accepted": cands.height - sum(rejected.values()),
@@ -57,11 +60,36 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "cost_usd": float(judgments["cost_usd"].sum()), "ledger_cost_usd": runner.cost,
         "calls_per_s": stats["calls_made"] / stats["seconds"] if stats["seconds"] else None,
         "seconds_this_run": round(stats["seconds"], 3),
-        "batch": getattr(runner.backend, "stats", None) if getattr(runner, "batch", False) else None,
+        "batch": getattr(backend, "stats", None) if getattr(runner, "batch", False) else None,
+        "backend_stats": backend.stats() if callable(getattr(backend, "stats", None)) else None,
         "invalid_rate": _rate(judgments["verdict"] == "invalid"),
         "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
+        "rationales": rationale_samples(judgments),
+        "checklist_items": checklist_stats(judgments) if (judgments["kind"] == "checklist").any() else None,
         **position_stats(pw), **length_stats(pw, cands), **extra,
     }
+
+
+def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
+    """A few explained verdicts, for the report: what the judge said before its final line."""
+    r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")).head(n)
+    return [{"prompt_id": x["prompt_id"], "kind": x["kind"], "order": x["order"], "verdict": x["verdict"],
+             "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
+
+
+def checklist_stats(judgments: pl.DataFrame) -> list[dict]:
+    """Per checklist item: mean P(yes) over all candidates, and over each prompt's best and worst
+    candidate by the aggregate (unweighted here) score: which items separate chosen from rejected."""
+    ck = judgments.filter((pl.col("kind") == "checklist") & (pl.col("verdict") != "invalid"))
+    per = ck.group_by("prompt_id", "a_id").agg(total=pl.col("score_a").mean())
+    ranked = per.sort(["total", "a_id"], descending=[True, False]).group_by("prompt_id", maintain_order=True).agg(
+        best=pl.col("a_id").first(), worst=pl.col("a_id").last(), n=pl.len()).filter(pl.col("n") >= 2)
+    best = ck.join(ranked.select("prompt_id", a_id="best"), on=["prompt_id", "a_id"])
+    worst = ck.join(ranked.select("prompt_id", a_id="worst"), on=["prompt_id", "a_id"])
+    out = ck.group_by("item").agg(p_yes=pl.col("score_a").mean(), n=pl.len()).sort("item")
+    for name, frame in (("p_yes_best", best), ("p_yes_worst", worst)):
+        out = out.join(frame.group_by("item").agg(pl.col("score_a").mean().alias(name)), on="item", how="left")
+    return out.to_dicts()
 
 
 def _resolved(name: str) -> str | None:
@@ -76,7 +104,8 @@ def print_report(r: dict) -> None:
     def fmt(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
-    rows = [("judge", f"{r['judge_model']} ({r['backend']}, {r['mode']}/{r['strategy']})"),
+    rows = [("judge", f"{r['judge_model']} ({r['backend']}, {r['mode']}/{r['strategy']}, id {r['judge_id']})"),
+            ("rubric", f"{r['rubric']['source']} {r['rubric']['sha256']}: {r['rubric']['first_line'][:60]}"),
             ("calls (this run)", f"{r['calls']} ({r['calls_made_this_run']}, {r['retries_this_run']} retries)"),
             ("calls per prompt", fmt(r["calls_per_prompt"])), ("cost USD", f"{r['cost_usd']:.4f}"),
             ("position consistency", fmt(r["position_consistency"])), ("first-slot win rate", fmt(r["first_slot_win_rate"])),

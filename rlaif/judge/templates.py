@@ -1,7 +1,13 @@
-"""Judge templates: versioned files, candidate text fenced as data, strict verdict parsing.
+"""Judge templates: the user's criteria in versioned files, candidate text fenced as data, strict parsing.
 
-A template's version is its name plus a hash of its file, so editing a template changes every
-ledger key: an old verdict is never reused for a new prompt wording.
+A `Spec` is the judge prompt as configured: a template per call kind (shipped or the user's own
+`judge.template`), the criteria (`judge.rubric` and `judge.principles`, else a default) and the
+answer format (`judge.explain`, `judge.verdicts`). A template's version is its name plus a hash of
+all of that, so editing the template file, the rubric or a principle changes every ledger key: an
+old verdict is never reused for new criteria, and unchanged criteria reuse every verdict.
+
+Only the reply's final line is parsed. With `explain`, that line must have the fixed form
+(`Verdict: A`), so a verdict-like word inside the rationale never counts.
 """
 from __future__ import annotations
 
@@ -9,33 +15,44 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from rlaif.errors import UserError
+
 HERE = Path(__file__).parent / "templates"
 FENCE = re.compile(r"<<<|>>>")
+SHIPPED = {"pairwise": "pairwise-v2", "score": "score-v2", "checklist": "checklist-v1",
+           "checklist_writer": "checklist-writer-v1"}
+REQUIRED = {"pairwise": ("conversation", "response_a", "response_b"), "score": ("conversation", "response"),
+            "checklist": ("conversation", "response", "question"), "checklist_writer": ("conversation",)}
+DEFAULT_CRITERIA = "Judge helpfulness, correctness, and clarity."
+# Arena-Hard-Auto's five-way scale (Li et al. 2024, "From Crowdsourced Data to High-Quality
+# Benchmarks: Arena-Hard and BenchBuilder Pipeline"): [[A>>B]] ... [[B>>A]]; signed from slot A.
+GRADES = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
+ANSWER = {
+    ("pairwise", "binary"): ("Reply with exactly one of: A, B, tie.",
+                             "write your verdict on a final line, exactly as `Verdict: A`, `Verdict: B` or `Verdict: tie`."),
+    ("pairwise", "graded"): ("Reply with exactly one of: [[A>>B]] (A is much better), [[A>B]] (A is better), "
+                             "[[A=B]] (a tie), [[B>A]] (B is better), [[B>>A]] (B is much better).",
+                             "write your verdict on a final line, exactly as `Verdict: [[X]]` where X is one of "
+                             "A>>B (A is much better), A>B, A=B (a tie), B>A, B>>A (B is much better)."),
+    ("score", None): ("Reply with the score only: a single digit from 1 to 9.",
+                      "write your score on a final line, exactly as `Score: N` with N a digit from 1 to 9."),
+    ("checklist", None): ("Answer with Yes or No only.", "write your answer on a final line, exactly as "
+                                                          "`Answer: Yes` or `Answer: No`."),
+    ("checklist_writer", None): ("", ""),
+}
+EXPLAIN = "First explain your judgement in at most three short sentences. Then "
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
-    version: str
     system: str
     user: str
-
-
-@lru_cache
-def load(name: str) -> Template:
-    path = HERE / f"{name}.yaml"
-    raw = path.read_bytes()
-    data = yaml.safe_load(raw)
-    return Template(name, f"{name}@{hashlib.sha256(raw).hexdigest()[:10]}", data["system"], data["user"])
-
-
-def template_for(kind: str) -> Template:
-    return load("pairwise-v1" if kind == "pairwise" else "score-v1")
+    digest: str  # sha256 of the file it came from
 
 
 def fence(text: str) -> str:
@@ -43,46 +60,195 @@ def fence(text: str) -> str:
     return FENCE.sub(lambda m: " ".join(m.group(0)), text)
 
 
-def conversation(messages: list[dict]) -> str:
+def conversation(messages) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def render(kind: str, messages: list[dict], first: str, second: str | None = None) -> list[dict]:
-    """Chat messages for one judge call; `first`/`second` are the texts in slots A/B (or R)."""
-    t = template_for(kind)
-    fields = {"conversation": fence(conversation(messages))}
-    if kind == "pairwise":
-        fields.update(response_a=fence(first), response_b=fence(second or ""))
+def _read_template(path: Path, key: str) -> dict:
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        raise UserError(f"{key}: template file {path} not found") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise UserError(f"{key}: {path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict) or not isinstance(data.get("system"), str) or not isinstance(data.get("user"), str):
+        raise UserError(f"{key}: {path}: a template needs two text fields, system and user")
+    return {**data, "digest": hashlib.sha256(raw).hexdigest()}
+
+
+def _fields(t: dict) -> set[str]:
+    return set(re.findall(r"\{(\w+)\}", t["system"] + t["user"]))
+
+
+def user_template(path: str) -> tuple[str, Template]:
+    """judge.template: (kind, Template). The kind is what its placeholders say it judges."""
+    t = _read_template(Path(path), "judge.template")
+    f = _fields(t)
+    kind = ("pairwise" if {"response_a", "response_b"} & f else "checklist" if "question" in f
+            else "score" if "response" in f else None)
+    if kind is None:
+        raise UserError(f"judge.template: {path}: no response placeholder: use {{response_a}} and {{response_b}} "
+                        "(pairwise), {response} (score) or {response} and {question} (checklist)")
+    missing = [p for p in REQUIRED[kind] if p not in f]
+    if missing:
+        raise UserError(f"judge.template: {path}: a {kind} template needs the placeholder(s) "
+                        + ", ".join("{" + m + "}" for m in missing))
+    return kind, Template(Path(path).stem, t["system"], t["user"], t["digest"])
+
+
+def shipped(kind: str) -> Template:
+    t = _read_template(HERE / f"{SHIPPED[kind]}.yaml", "template")
+    return Template(SHIPPED[kind], t["system"], t["user"], t["digest"])
+
+
+def read_rubric(value: str | None) -> tuple[str | None, str]:
+    """judge.rubric: (text, where it came from). A value that names a file is read from it."""
+    if value is None:
+        return None, ""
+    looks_like_path = "\n" not in value and (value.endswith((".md", ".txt", ".markdown")) or Path(value).is_file())
+    if looks_like_path:
+        path = Path(value)
+        if not path.is_file():
+            raise UserError(f"judge.rubric: file {path} not found (give inline text, or a path to a .txt/.md file)")
+        text, where = path.read_text(encoding="utf-8", errors="replace"), str(path)
     else:
-        fields["response"] = fence(first)
-    # One pass over the template only: braces inside candidate text are never expanded.
-    user = re.sub(r"\{(" + "|".join(fields) + r")\}", lambda m: fields[m.group(1)], t.user)
-    return [{"role": "system", "content": t.system}, {"role": "user", "content": user}]
+        text, where = value, "inline"
+    if not text.strip():
+        raise UserError(f"judge.rubric: {'file ' + where if where != 'inline' else 'inline text'} is empty")
+    return text.strip(), where
 
 
-PAIRWISE = re.compile(r"^\s*(?:verdict\s*[:=]\s*)?\**\s*\[?(A|B|tie)\]?\s*\**\s*[.!]?\s*$", re.IGNORECASE)
-SCORE = re.compile(r"^\s*(?:score\s*[:=]\s*)?\**\s*([1-9])\s*\**\s*(?:/\s*9)?\s*[.!]?\s*$", re.IGNORECASE)
+def criteria_text(rubric: str | None, principles: list[str]) -> str:
+    if not rubric and not principles:
+        return DEFAULT_CRITERIA
+    parts = []
+    if rubric:
+        parts.append("What makes a response better (the user's rubric):\n" + rubric)
+    if principles:
+        parts.append("Principles, in order:\n" + "\n".join(f"{i}. {p.strip()}" for i, p in enumerate(principles, 1)))
+    return "\n\n".join(parts)
 
 
-def parse_pairwise(text: str | None) -> str | None:
-    """'A' | 'B' | 'tie' from the reply's last non-empty line, else None (the reply is invalid).
+@dataclass(frozen=True)
+class Spec:
+    """The judge prompt as configured; `version(kind)` goes into every ledger key."""
+    templates: dict  # kind -> Template
+    criteria: str
+    explain: bool
+    verdicts: str  # binary | graded
+    rubric_source: str  # "inline", a file path, or "" (no rubric)
+    principles: tuple = ()
 
-    Only the final structured verdict counts: "A or B" or a reply that trails off is invalid."""
+    @property
+    def rubric_id(self) -> dict:
+        """What report.md and judge-report.json name: a hash of the criteria and their first line."""
+        first = next((ln.strip() for ln in self.criteria.splitlines() if ln.strip()), "")
+        if self.rubric_source:
+            first = next((ln.strip(" #") for ln in self.criteria.splitlines()[1:] if ln.strip()), first)
+        return {"sha256": hashlib.sha256(self.criteria.encode()).hexdigest()[:12], "first_line": first[:120],
+                "source": self.rubric_source or ("principles" if self.principles else "default"),
+                "principles": len(self.principles)}
+
+    def answer_format(self, kind: str) -> str:
+        short, final = ANSWER[(kind, self.verdicts if kind == "pairwise" else None)]
+        return EXPLAIN + final if self.explain and final else short
+
+    def version(self, kind: str) -> str:
+        t = self.templates[kind]
+        body = [t.digest, self.criteria, self.answer_format(kind)]
+        return f"{t.name}@{hashlib.sha256(repr(body).encode()).hexdigest()[:10]}"
+
+    def render(self, kind: str, chat, first: str = "", second: str | None = None,
+               question: str | None = None) -> list[dict]:
+        """Chat messages for one judge call; `first`/`second` are the texts in slots A/B (or R)."""
+        t = self.templates[kind]
+        fields = {"conversation": fence(conversation(chat)), "criteria": self.criteria,
+                  "answer_format": self.answer_format(kind)}
+        if kind == "pairwise":
+            fields.update(response_a=fence(first), response_b=fence(second or ""))
+        elif kind in ("score", "checklist"):
+            fields["response"] = fence(first)
+        if kind == "checklist":
+            fields["question"] = fence(question or "")
+        # One pass over the template only: braces inside candidate text are never expanded.
+        pat = re.compile(r"\{(" + "|".join(fields) + r")\}")
+        system, user = (pat.sub(lambda m: fields[m.group(1)], s) for s in (t.system, t.user))
+        # A user's template may leave the criteria or the answer format out; they are always said.
+        if "{criteria}" not in t.system + t.user:
+            system += "\n" + self.criteria
+        if "{answer_format}" not in t.system + t.user and fields["answer_format"]:
+            user += "\n\n" + fields["answer_format"]
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def labels(self, kind: str) -> tuple:
+        """The answers a logit-reading backend chooses among (its reply is one of these)."""
+        if kind == "pairwise":
+            return tuple(f"[[{g}]]" for g in GRADES) if self.verdicts == "graded" else ("A", "B")
+        return tuple(str(i) for i in range(1, 10)) if kind == "score" else ("Yes", "No")
+
+
+def build_spec(cfg) -> Spec:
+    """Spec from a JudgeConfig; every bad input is one line naming the key and the file."""
+    rubric, source = read_rubric(cfg.rubric)
+    principles = [p for p in cfg.principles]
+    for i, p in enumerate(principles):
+        if not p.strip():
+            raise UserError(f"judge.principles[{i}]: empty principle")
+    templates = {k: shipped(k) for k in SHIPPED}
+    if cfg.template:
+        kind, t = user_template(cfg.template)
+        templates[kind] = t
+    return Spec(templates, criteria_text(rubric, principles), cfg.explain, cfg.verdicts, source, tuple(principles))
+
+
+# ------------------------------------------------------------------ parsing the final line
+
+VERDICT_PREFIX = r"^\s*\**\s*{word}\s*[:=]\s*\**\s*"
+PAIR = r"\[?(A|B|tie)\]?"
+GRADED = r"\[\[\s*(A\s*>>\s*B|A\s*>\s*B|A\s*=\s*B|B\s*>\s*A|B\s*>>\s*A)\s*\]\]"
+SCORE = r"([1-9])\s*\**\s*(?:/\s*9)?"
+YESNO = r"(yes|no)"
+TAIL = r"\s*\**\s*[.!]?\s*$"
+WORD = {"pairwise": "verdict", "score": "score", "checklist": "answer"}
+
+
+def _final(text: str | None) -> tuple[str | None, str]:
     lines = [ln for ln in (text or "").splitlines() if ln.strip()]
-    m = PAIRWISE.match(lines[-1]) if lines else None
+    return (lines[-1], "\n".join(lines[:-1]).strip()) if lines else (None, "")
+
+
+def parse(kind: str, text: str | None, explain: bool = False, graded: bool = False):
+    """(value, rationale) from the reply's last non-empty line; value None means invalid.
+
+    pairwise -> "A" | "B" | "tie" (binary) or a GRADES key (graded); score -> 1..9; checklist ->
+    "yes" | "no". With explain the line must carry its prefix ("Verdict:", "Score:", "Answer:");
+    without, the prefix is optional. "A or B", or a reply that trails off, is invalid."""
+    line, rationale = _final(text)
+    body = {"pairwise": GRADED if graded else PAIR, "score": SCORE, "checklist": YESNO}[kind]
+    prefix = VERDICT_PREFIX.format(word=WORD[kind])
+    pat = prefix + body if explain else f"(?:{prefix})?" + r"\**\s*" + body
+    m = re.match(pat + TAIL, line or "", re.IGNORECASE)
     if not m:
-        return None
+        return None, rationale
     v = m.group(1)
-    return "tie" if v.lower() == "tie" else v.upper()
+    if kind == "score":
+        return int(v), rationale
+    if kind == "checklist":
+        return v.lower(), rationale
+    if graded:
+        return re.sub(r"\s+", "", v).upper(), rationale
+    return ("tie" if v.lower() == "tie" else v.upper()), rationale
 
 
-def parse_score(text: str | None) -> int | None:
-    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
-    m = SCORE.match(lines[-1]) if lines else None
-    return int(m.group(1)) if m else None
+def parse_checklist_items(text: str | None) -> list[str]:
+    """A checklist writer's reply: its '- ' lines, at most 8."""
+    items = [ln.strip()[2:].strip() for ln in (text or "").splitlines() if ln.strip().startswith(("- ", "* "))]
+    return [i for i in items if i][:8]
 
 
-def label_probs(top: dict[str, float], labels: list[str]) -> dict[str, float] | None:
+def label_probs(top: dict[str, float], labels) -> dict[str, float] | None:
     """Normalised probabilities of the answer labels among the first token's top logprobs."""
     mass = {lab: 0.0 for lab in labels}
     for tok, lp in top.items():
@@ -97,6 +263,17 @@ def label_probs(top: dict[str, float], labels: list[str]) -> dict[str, float] | 
 def p_first_slot(top: dict[str, float]) -> float | None:
     probs = label_probs(top, ["A", "B"])
     return probs["A"] if probs else None
+
+
+def expected_grade(top: dict[str, float]) -> float | None:
+    """E[grade] (slot A's view) when the backend scored every graded label (local judge)."""
+    probs = label_probs(top, [f"[[{g}]]" for g in GRADES])
+    return sum(GRADES[k[2:-2]] * v for k, v in probs.items()) if probs else None
+
+
+def p_yes(top: dict[str, float]) -> float | None:
+    probs = label_probs(top, ["Yes", "No"])
+    return probs["Yes"] if probs else None
 
 
 def expected_score(top: dict[str, float]) -> float | None:

@@ -1,0 +1,66 @@
+"""What identifies a judge: two verdicts are comparable (and a ledger row reusable) only when
+everything that can change a verdict is the same. That is the identity, part of every ledger key:
+
+- backend and model name; for local and reward-model judges, the model folder's content id
+  (a retrained or replaced model at the same path is another judge);
+- the endpoint (`judge.base_url`, credentials removed), unless `judge.identity` declares that
+  several endpoints are one judge (replicas behind a balancer share verdicts);
+- the request style (`judge.api_style` as configured: under `auto` one endpoint and model always
+  resolve to the same style), reasoning effort and the reply caps.
+
+The template version (rubric, principles, template file, answer format) is keyed beside it.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rlaif.io import stable_id
+
+OPENAI_DEFAULT = "https://api.openai.com/v1"
+# Query parameters that carry credentials in the wild (Azure's api-key, key=, token=, sig=, ...).
+SECRET_PARAM = re.compile(r"(key|token|secret|sig|signature|password|auth|credential)", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without userinfo and without credential-like query values: safe to print or save."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    netloc = (("***@" if parts.username or parts.password else "") + host
+              + (f":{parts.port}" if parts.port else "")) if parts.netloc else parts.netloc
+    query = urlencode([(k, "***" if SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query,
+                                                                                           keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def endpoint(base_url: str | None) -> str:
+    """The endpoint as identity: scheme, host, port and path, never credentials; trailing / dropped."""
+    parts = urlsplit(base_url or OPENAI_DEFAULT)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}{f':{parts.port}' if parts.port else ''}" \
+           f"{parts.path.rstrip('/')}"
+
+
+def judge_identity(cfg, model: str) -> dict:
+    """The judge identity dict of a JudgeConfig whose model resolved to `model`."""
+    j = cfg
+    if j.backend == "openai":
+        ident = {"backend": "openai", "model": model, "endpoint": j.identity or endpoint(j.base_url),
+                 "api_style": j.api_style, "reply_tokens": j.reply_tokens()}
+        if j.api_style != "chat":
+            ident.update(reasoning_effort=j.reasoning_effort, max_completion_tokens=j.max_completion_tokens)
+        return ident
+    from rlaif.models import content_id
+
+    ident = {"backend": j.backend, "model": j.identity or content_id(model)}
+    if j.backend == "local" and j.explain:
+        ident["reply_tokens"] = j.reply_tokens()  # local explain generates text; the cap can cut it
+    return ident
+
+
+def judge_id(identity: dict) -> str:
+    return stable_id(identity, n=12)

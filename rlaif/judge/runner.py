@@ -1,0 +1,173 @@
+"""Sending judge calls: the ledger first, the budget, the backend, and one ledger row per reply.
+
+The Runner owns what every backend shares: a key with a stored reply is never sent again; calls
+are handed to the backend through an iterator that stops when judge.max_calls or
+judge.max_cost_usd would be passed (in-flight calls count at their estimated price); each reply
+becomes a ledger row (`interpret`) in its own transaction as soon as it lands.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+
+from rlaif.judge import templates as T
+from rlaif.judge.backends import Call, Reply, load_judge
+from rlaif.judge.ledger import Ledger
+
+
+class Runner:
+    """Sends the calls the ledger does not have yet, within the budget, and records each reply."""
+
+    def __init__(self, cfg, ledger: Ledger, model: str, spec: T.Spec, identity: dict, judge_id: str) -> None:
+        from rlaif.errors import UserError
+
+        self.j, self.ledger, self.model, self.spec, self.identity, self.judge_id = \
+            cfg.judge, ledger, model, spec, identity, judge_id
+        self.live_price = self.j.prices.get(model, (0.0, 0.0)) if self.j.backend == "openai" else (0.0, 0.0)
+        self.batch = self.j.backend == "openai" and self.j.mode_api == "batch"
+        # The Batch API bills at a discount (OpenAI: 50%); budgets and the ledger use what is billed.
+        self.price = tuple(p * self.j.batch_discount for p in self.live_price) if self.batch else self.live_price
+        if self.j.backend == "openai" and self.j.max_cost_usd is not None and model not in self.j.prices:
+            raise UserError(f"judge.prices: no price for {model!r}, so judge.max_cost_usd cannot be enforced")
+        self.calls, self.cost = ledger.spent()
+        self.reserved: dict[str, float] = {}
+        self.backend = None
+        self.stopped: str | None = None
+        self.last_error: str | None = None
+        self.stats = {"calls_made": 0, "retries": 0, "errors": 0, "invalid": 0, "tokens": 0, "seconds": 0.0}
+        self.bar = None
+
+    def _estimate(self, call: Call) -> float:
+        out = self.j.max_completion_tokens if self.j.api_style == "reasoning" else call.max_tokens
+        return (call.est_input_tokens * self.price[0] + out * self.price[1]) / 1e6
+
+    def admit(self, call: Call) -> bool:
+        if self.stopped:
+            return False
+        if self.j.max_calls is not None and self.calls + len(self.reserved) >= self.j.max_calls:
+            self.stopped = f"judge.max_calls={self.j.max_calls} reached"
+        elif self.j.max_cost_usd is not None and \
+                self.cost + sum(self.reserved.values()) + self._estimate(call) > self.j.max_cost_usd:
+            self.stopped = f"judge.max_cost_usd={self.j.max_cost_usd:g} reached"
+        else:
+            self.reserved[call.key] = self._estimate(call)
+            return True
+        return False
+
+    def _admitted(self, todo: list[Call]):
+        """The iterator a backend pulls from: it ends where the budget does."""
+        for call in todo:
+            if not self.admit(call):
+                return
+            yield call
+
+    def execute(self, calls: list[Call], desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        unique = list({c.key: c for c in calls}.values())
+        done = self.ledger.done_keys([c.key for c in unique])
+        todo = [c for c in unique if c.key not in done]
+        if not todo or self.stopped:
+            return
+        if self.backend is None:  # built only when something is left to send: a rerun loads no model
+            self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry)
+        self.bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="call")
+        self.t0 = t0 = time.monotonic()
+        try:
+            self.backend.run(self._admitted(todo), self._on_reply)
+        finally:
+            self.stats["seconds"] += time.monotonic() - t0
+            self.bar.close()
+
+    def _retry(self) -> None:
+        self.stats["retries"] += 1
+
+    def _on_reply(self, call: Call, reply: Reply) -> None:
+        self.reserved.pop(call.key, None)
+        live = reply.extra.get("live") or not self.batch
+        row = interpret(call, reply, self.spec, self.live_price if live else self.price)
+        row.update(judge_model=self.model, judge_id=self.judge_id)
+        if self.batch:  # which API answered, for the audit: the price differs
+            row["request"]["api"] = "live" if live else "batch"
+        self.ledger.record(row)
+        if row["status"] == "done":
+            self.calls += 1
+            self.cost += row["cost_usd"]
+            self.stats["calls_made"] += 1
+            self.stats["invalid"] += row["verdict"] == "invalid"
+            self.stats["tokens"] += row["input_tokens"] + row["output_tokens"]
+        else:
+            self.stats["errors"] += 1
+            self.last_error = row["error"]
+        s = self.stats
+        rate = s["calls_made"] / max(s["seconds"] + time.monotonic() - self.t0, 1e-9)
+        self.bar.update(1)  # failed calls are shown apart from judged ones: a wall of errors is not progress
+        self.bar.set_postfix_str(f"judged {s['calls_made']} ({s['invalid']} invalid), failed {s['errors']}, "
+                                 f"{rate:.1f}/s, {s['retries']} retries, {s['tokens']} tok, ${self.cost:.4f}")
+
+
+def request_meta(call: Call, reply: Reply) -> dict:
+    """What was sent, for audit: the exact messages are identified by their hash, not stored twice."""
+    body = json.dumps(list(call.messages) or [list(call.chat), call.response], sort_keys=True).encode()
+    meta = {"kind": call.kind, "order": call.order, "messages_sha256": hashlib.sha256(body).hexdigest()}
+    meta.update({k: v for k, v in reply.extra.items() if k in ("api_style", "reasoning_tokens", "note")})
+    return meta
+
+
+def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]) -> dict:
+    """A reply becomes a ledger row. Verdicts name candidates: 'a' means a_id won, whatever its slot."""
+    row = {"key": call.key, "prompt_id": call.prompt_id, "kind": call.kind, "a_id": call.a_id, "b_id": call.b_id,
+           "order": call.order, "item": call.item, "template_version": spec_version(spec, call.kind),
+           "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "latency_s": reply.latency_s,
+           "attempts": reply.attempts, "raw": reply.text, "request": request_meta(call, reply),
+           "cost_usd": (reply.input_tokens * price[0] + reply.output_tokens * price[1]) / 1e6}
+    if reply.error:  # no reply at all: not final, a rerun tries again
+        return {**row, "status": "error", "error": reply.error, "cost_usd": 0.0}
+    done = {**row, "status": "done"}
+    if call.kind == "reward":
+        ok = reply.score is not None and math.isfinite(reply.score)
+        return {**done, "verdict": "score", "score_a": reply.score} if ok else \
+            {**done, "verdict": "invalid", "error": "no finite reward"}
+    cut = reply.finish_reason in ("length", "empty")
+    if cut:
+        why = {"length": "reply cut off (finish_reason=length)", "empty": "empty choices"}[reply.finish_reason]
+        return {**done, "verdict": "invalid", "error": why}
+    if call.kind == "checklist_writer":
+        items = T.parse_checklist_items(reply.text)
+        return {**done, "verdict": "items", "rationale": json.dumps(items)} if items else \
+            {**done, "verdict": "invalid", "error": "no '- ' checklist lines"}
+    graded = spec.verdicts == "graded" and call.kind == "pairwise"
+    value, rationale = T.parse(call.kind, reply.text, spec.explain, graded)
+    done["rationale"] = rationale or None
+    if value is None:
+        return {**done, "verdict": "invalid", "error": f"unparseable {call.kind} reply"}
+    if call.kind == "score":
+        score = (T.expected_score(reply.top) if reply.top else None) or value
+        return {**done, "verdict": "score", "score_a": score}
+    if call.kind == "checklist":
+        p = T.p_yes(reply.top) if reply.top else None
+        return {**done, "verdict": value, "score_a": p if p is not None else float(value == "yes")}
+    return {**done, **pairwise_verdict(call, reply, value, graded)}
+
+
+def pairwise_verdict(call: Call, reply: Reply, value: str, graded: bool) -> dict:
+    """Slot verdict -> candidate verdict (+ p_a, grade) from a_id's point of view."""
+    sign = 1 if call.order == "ab" else -1
+    if graded:
+        g = (T.expected_grade(reply.top) if reply.top else None)
+        g = float(T.GRADES[value]) if g is None else g
+        slot = "A" if T.GRADES[value] > 0 else "B" if T.GRADES[value] < 0 else "tie"
+        out = {"grade": sign * g}
+    else:
+        slot, out = value, {}
+        p_first = T.p_first_slot(reply.top) if reply.top else None
+        out["p_a"] = None if p_first is None else (p_first if sign > 0 else 1 - p_first)
+    flip = {"A": "b", "B": "a", "tie": "tie"}
+    out["verdict"] = slot.lower() if sign > 0 else flip[slot]
+    return out
+
+
+def spec_version(spec: T.Spec, kind: str) -> str:
+    return "reward" if kind == "reward" else spec.version(kind)

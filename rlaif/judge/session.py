@@ -1,0 +1,138 @@
+"""The judge as configured, with its ledger: the one public way to send judge calls.
+
+    with JudgeSession(cfg, ledger_path) as js:
+        calls = js.pairwise(pid, chat, ("c1", text1), ("c2", text2))   # both orders
+        calls += js.single(pid, chat, ("c3", text3))                    # score / checklist / reward
+        js.send(calls, "judge: pairwise")                               # missing ones only
+        judgments = js.results(calls)                                   # judgments schema
+
+Used by the judge stage, evaluate and calibrate alike: every call is keyed on the judge identity
+and the template version (rlaif.judge.identity, rlaif.judge.templates), so a call with a stored
+reply is never paid twice, whichever command asks for it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.errors import UserError
+from rlaif.io import JUDGMENTS_SCHEMA
+from rlaif.judge import templates as T
+from rlaif.judge.backends import Call
+from rlaif.judge.identity import judge_id, judge_identity
+from rlaif.judge.ledger import Ledger, call_key
+from rlaif.judge.runner import Runner
+
+
+def judge_model_name(cfg) -> str:
+    j = cfg.judge
+    if j.backend == "openai":
+        if not j.model:
+            raise UserError("judge.model: required with judge.backend=openai (the endpoint's model name)")
+        return j.model
+    from rlaif.models import resolve_model
+
+    return resolve_model(j.model or cfg.model)
+
+
+def check_api_key(cfg) -> None:
+    j = cfg.judge
+    if j.backend == "openai" and not os.environ.get(j.api_key_env):
+        raise UserError(f"judge.backend=openai: environment variable {j.api_key_env} is not set "
+                        "(judge.api_key_env names it; the key itself never goes in a config)")
+
+
+def same_text(a: str, b: str) -> bool:
+    """Identical up to whitespace: such pairs are ties and are never sent to a judge."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+class JudgeSession:
+    def __init__(self, cfg, ledger_path: str | Path) -> None:
+        check_api_key(cfg)
+        self.cfg, self.j = cfg, cfg.judge
+        self.spec = T.build_spec(self.j)
+        self.model = judge_model_name(cfg)
+        self.identity = judge_identity(self.j, self.model)
+        self.judge_id = judge_id(self.identity)
+        self.ledger = Ledger(ledger_path)
+        self.runner = Runner(cfg, self.ledger, self.model, self.spec, self.identity, self.judge_id)
+
+    def __enter__(self) -> "JudgeSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    @property
+    def score_kind(self) -> str:
+        """How one candidate is judged alone: a reward, a checklist, or a rubric score."""
+        return "reward" if self.j.backend == "reward_model" else "checklist" if self.j.mode == "checklist" else "score"
+
+    def _call(self, kind: str, pid: str, chat, first: str, second: str | None, ids: tuple, order=None,
+              item: tuple | None = None) -> Call:
+        tokens = self.j.reply_tokens()
+        if kind == "reward":
+            key = call_key(self.identity, "reward", chat, first, None, None)
+            return Call(key, pid, kind, ids[0], None, None, (), len(first) // 3, (), tuple(chat), first,
+                        max_tokens=0)
+        question = item[1] if item else None
+        msgs = self.spec.render(kind, chat, first, second, question)
+        key = call_key(self.identity, self.spec.version(kind), chat, first, second, order,
+                       question if kind == "checklist" else None)
+        if kind == "checklist_writer":
+            tokens = max(tokens, 256)
+        return Call(key, pid, kind, ids[0], ids[1] if len(ids) > 1 else None, order, tuple(msgs),
+                    sum(len(m["content"]) for m in msgs) // 3, self.spec.labels(kind) if kind != "checklist_writer"
+                    else (), tuple(chat), None, item[0] if item else None, tokens)
+
+    def pairwise(self, pid: str, chat, a: tuple, b: tuple) -> list[Call]:
+        """a, b = (candidate_id, text); both orders, so position bias shows and cancels."""
+        return [self._call("pairwise", pid, chat, a[1], b[1], (a[0], b[0]), "ab"),
+                self._call("pairwise", pid, chat, b[1], a[1], (a[0], b[0]), "ba")]
+
+    def single(self, pid: str, chat, cand: tuple, items: list[tuple] | None = None) -> list[Call]:
+        """One candidate judged alone: one score or reward call, or one call per checklist item."""
+        kind = self.score_kind
+        if kind != "checklist":
+            return [self._call(kind, pid, chat, cand[1], None, (cand[0],))]
+        items = items if items is not None else [(str(i), it.item) for i, it in enumerate(self.j.items())]
+        return [self._call("checklist", pid, chat, cand[1], None, (cand[0],), item=it) for it in items]
+
+    def checklists(self, chats: dict[str, list]) -> dict[str, list[tuple]]:
+        """judge.checklist_from_prompt: a generated checklist per prompt (through the ledger), as
+        (item_id, question) lists; the configured items come first. A prompt whose writer reply is
+        invalid keeps the configured items only."""
+        base = [(str(i), it.item) for i, it in enumerate(self.j.items())]
+        if not self.j.checklist_from_prompt:
+            return {pid: base for pid in chats}
+        calls = [self._call("checklist_writer", pid, chat, "", None, (pid,)) for pid, chat in chats.items()]
+        self.send(calls, "judge: write checklists")
+        got = {r["prompt_id"]: json.loads(r["rationale"]) for r in
+               self.results(calls).filter(pl.col("verdict") == "items").iter_rows(named=True)}
+        return {pid: base + [(f"p{i}", q) for i, q in enumerate(got.get(pid, []))] for pid in chats}
+
+    def weights(self) -> dict[str, float]:
+        """Checklist item id -> weight; generated items weigh 1."""
+        return {str(i): it.weight for i, it in enumerate(self.j.items())}
+
+    def send(self, calls: list[Call], desc: str) -> None:
+        self.runner.execute(calls, desc)
+
+    def results(self, calls: list[Call]) -> pl.DataFrame:
+        """These calls joined with the ledger's finished results (by key), in the judgments schema."""
+        cols = ("key", "prompt_id", "kind", "a_id", "b_id", "order", "item")
+        ids = pl.DataFrame([{c: getattr(call, c) for c in cols} for call in calls],
+                           schema={k: pl.String for k in cols})
+        ids = ids.unique(["key", "a_id", "b_id"], maintain_order=True)
+        done = self.ledger.frame(ids["key"].unique().to_list()).drop(cols[1:])
+        return ids.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(["prompt_id", "key"])
+
+    def pending(self, calls: list[Call], judgments: pl.DataFrame) -> int:
+        return len({c.key for c in calls}) - judgments["key"].n_unique()
