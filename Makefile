@@ -8,7 +8,7 @@ VLLM_VENV := .venv-vllm
 # pip's index settings on these machines print one warning per package; keep real errors only
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: demo test install vllm-env clean
+.PHONY: demo test install vllm-env browser clean
 
 install: $(VENV)/.installed
 
@@ -44,8 +44,13 @@ demo: install
 	@echo "report: runs/quickstart/report.md (+ winrate.png, length.png, judge_length.png)"
 	@head -1 runs/quickstart/report.md
 
-test: install vllm-env
-	RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs
+# browser: Debian's chromium + chromedriver for the review page's headless-browser test;
+# RLAIF_REQUIRE_BROWSER=1 turns that test's skip (no browser) into a failure here.
+test: install vllm-env browser
+	RLAIF_REQUIRE_BROWSER=1 RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs
+
+browser:
+	scripts/install-browser.sh
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs

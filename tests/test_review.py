@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 @contextmanager
 def review_server(run_dir: Path, *args: str):
-    """`rlaif review RUN_DIR --port 0` as a process; yields its URL once /api/health answers."""
+    """`rlaif review RUN_DIR --port 0` as a process; yields (its URL, the process) once /api/health answers."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rlaif", "review", str(run_dir), "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -42,7 +43,7 @@ def review_server(run_dir: Path, *args: str):
                 url = next((w for w in line.split() if w.startswith("http://127.0.0.1:")), None)
         assert url, f"rlaif review did not start: {''.join(seen)}"
         assert json.loads(urllib.request.urlopen(url + "api/health", timeout=10).read()) == {"ok": True}
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -123,7 +124,7 @@ def screenshot(driver, name: str) -> None:
 def test_page_browse_label_reload(run_dir, browser):
     from selenium.webdriver.support.ui import Select
 
-    with review_server(run_dir) as url:
+    with review_server(run_dir) as (url, _):
         browser.get(url)
         # Browse: round 0's kept pairs, side by side, with both verdicts and the judge's rationale
         pair = wait_for(browser, lambda d: next((p for p in d.find_elements("css selector", ".pair")
@@ -171,7 +172,7 @@ def test_page_browse_label_reload(run_dir, browser):
 # ---------------------------------------------------------------- the endpoints and the export
 
 def test_sample_is_blind_and_choices_map_to_candidates(run_dir):
-    with review_server(run_dir, "--sample", "5", "--seed", "3") as url:
+    with review_server(run_dir, "--sample", "5", "--seed", "3") as (url, _):
         items = get(url, "api/sample")["items"]
         assert len(items) == 5
         assert all(set(it) == {"item_id", "round", "messages", "A", "B", "label"} for it in items)
@@ -195,7 +196,7 @@ def test_sample_is_blind_and_choices_map_to_candidates(run_dir):
 
 
 def test_round_endpoint_sorts_and_filters(run_dir):
-    with review_server(run_dir) as url:
+    with review_server(run_dir) as (url, _):
         r = get(url, "api/round?k=0&status=length_ratio")
         assert r["total"] == 1 and r["rows"][0]["prompt_id"] == "p6" and r["rows"][0]["status"] == "length_ratio"
         assert r["meta"]["card_mismatch"] == []  # the page's per-filter counts equal the filter's card
@@ -220,7 +221,7 @@ def test_round_endpoint_sorts_and_filters(run_dir):
 
 
 def test_export_gold_loads_back(run_dir, tmp_path):
-    with review_server(run_dir) as url:
+    with review_server(run_dir) as (url, _):
         items = get(url, "api/sample")["items"][:3]
         for it, choice in zip(items, ("A", "B", "tie")):
             assert post(url, {"item_id": it["item_id"], "choice": choice})[0] == 200
@@ -238,6 +239,19 @@ def test_export_gold_loads_back(run_dir, tmp_path):
     empty = build_run(tmp_path / "empty")
     res = rlaif_cli("review", str(empty), "--export", str(tmp_path / "none.jsonl"), timeout=120)
     assert res.returncode != 0 and "no labels yet" in res.stderr
+
+
+def test_kill_9_server_keeps_saved_labels(run_dir):
+    with review_server(run_dir) as (url, proc):
+        items = get(url, "api/sample")["items"]
+        for it in items[:4]:
+            assert post(url, {"item_id": it["item_id"], "choice": "B"})[0] == 200
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    with review_server(run_dir) as (url, _):
+        after = get(url, "api/sample")
+        assert [it["label"] for it in after["items"][:5]] == ["B", "B", "B", "B", None]
+        assert after["agreement"]["n"] == 4
 
 
 def test_cli_errors_are_one_line(tmp_path):

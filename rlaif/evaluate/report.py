@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from rlaif.evaluate import checks, curves
+from rlaif.evaluate.labels import report_lines as human_label_lines
 from rlaif.evaluate.metrics import length_hacking
 from rlaif.io import atomic_write, write_text
 from rlaif.stats import length_feature, logistic_fit
@@ -99,9 +101,12 @@ def headline(rounds: list[dict]) -> str:
         ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else [])
     text = f"Round {r['round']} policy {verb} SFT: wins {_pct(e['win_rate'])}"
     text += f" ({', '.join(notes)})" if notes else ""
+    if moved := checks.headline(e.get("checks")):  # what the judge does not decide: the user's own checks
+        text += f"; {moved}"
     mp, ms = e.get("policy_mean_tokens"), e.get("sft_mean_tokens")
     if _isnum(mp) and _isnum(ms) and ms > 0:
-        text += f"; responses {abs(mp / ms - 1):.0%} {'longer' if mp >= ms else 'shorter'} than SFT's"
+        text += (f"; responses {abs(mp / ms - 1):.0%} {'longer' if mp >= ms else 'shorter'} than SFT's "
+                 f"({mp:.0f} vs {ms:.0f} mean tokens)")
     n, same = e.get("n_prompts"), e.get("n_identical")
     if _isnum(n) and _isnum(same) and same:
         text += f"; {same} of {n} answers identical to SFT's (ties)"
@@ -218,9 +223,16 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     evald = [r for r in rounds if r["eval"]]
     warnings = [f"- round {b['round']}: {msg}" for a, b in zip(evald, evald[1:])
                 if (msg := length_hacking(a["eval"], b["eval"], max_growth))]
+    trained = curves.training(run_dir, rounds)  # round-K/train/train-metrics.jsonl
+    warnings += [f"- round {k} training: {msg}" for k, _, s in trained for msg in s["flags"]]
     if warnings:
         lines += ["", "## Warnings", "", *warnings]
+    if trained:
+        lines += ["", "## Training per round", "", *curves.table(trained)]
+    lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
     plots = _plots(run_dir, rounds)
+    plots += [("Independent checks per round", "checks.png")] if checks.plot(rounds, run_dir / "checks.png") else []
+    plots += [("Training curves per round", "training.png")] if curves.plot(trained, run_dir / "training.png") else []
     for title, name in plots:
         lines += ["", f"## {title}", "", f"![{title}]({name})"]
     return write_text(run_dir / "report.md", "\n".join(lines) + "\n")
