@@ -190,8 +190,8 @@ def headline(checks) -> str | None:
             parts.append(f"{name} -")
             continue
         lo, hi = c["diff_ci"]
-        verb = "rose" if lo > 0 else "fell" if hi < 0 else "no clear change"
-        parts.append(f"{name} {100 * c['sft']:.0f}% → {100 * c['policy']:.0f}% ({verb} {100 * c['diff']:+.0f} pts, "
+        verb = "rose " if lo > 0 else "fell " if hi < 0 else "no clear change, "  # the interval decides
+        parts.append(f"{name} {100 * c['sft']:.0f}% → {100 * c['policy']:.0f}% ({verb}{100 * c['diff']:+.0f} pts, "
                      f"95% CI {100 * lo:+.0f} to {100 * hi:+.0f})")
     return "checks SFT → policy: " + ", ".join(parts)
 
