@@ -50,7 +50,10 @@ def filter_config(run_dir: Path, k: int) -> tuple[FilterConfig, str]:
     if (Path(run_dir) / "config.yaml").exists():
         from rlaif.config import load_config
 
-        return load_config(Path(run_dir) / "config.yaml").filter, str(Path(run_dir) / "config.yaml")
+        try:
+            return load_config(Path(run_dir) / "config.yaml").filter, str(Path(run_dir) / "config.yaml")
+        except UserError as e:  # a config an older or newer rlaif wrote: show the page anyway, and say so
+            return FilterConfig(), f"defaults ({e})"
     return FilterConfig(), "defaults"
 
 
@@ -96,7 +99,7 @@ def _verdicts(j: pl.DataFrame) -> pl.DataFrame:
 def _sides(comp: pl.DataFrame, cands: pl.DataFrame, j: pl.DataFrame) -> pl.DataFrame:
     """Comparisons with both sides' text, tokens, finish reason, mean score and first-shown verdict."""
     c = cands.select("candidate_id", "messages", text="response", tokens="num_tokens", finish="finish_reason")
-    scores = (j.filter((C("kind") == "score") & (C("verdict") == "score"))
+    scores = (j.filter(C("kind").is_in(["score", "reward"]) & (C("verdict") == "score"))
               .group_by(C("a_id").alias("candidate_id")).agg(score=C("score_a").mean()))
     c = c.join(scores, on="candidate_id", how="left")
     df = comp.rename({"chosen_id": "left_id", "rejected_id": "right_id"})
