@@ -5,12 +5,20 @@ billed timeouts, the iterator contract, and the key kept out of every message.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import openai
+import polars as pl
 import pytest
 
-from rlaif.config import JudgeConfig
-from rlaif.errors import UserError
+from conftest import ROOT
+from rlaif.config import JudgeConfig, load_config
+from rlaif.errors import JudgeUnreliable, UserError
+from rlaif.io import CANDIDATES_SCHEMA, write_json, write_parquet
+from rlaif.judge import stage
 from rlaif.judge.backends import Call
 from rlaif.judge.batch import request_line
 from rlaif.judge.openai_backend import OpenAIJudge, is_reasoning_model
@@ -245,3 +253,73 @@ def test_batch_lines_use_the_same_body(server):
     assert {k: line["body"][k] for k in CHAT_KEYS} == {"max_tokens": 16, "temperature": 0, "logprobs": True,
                                                         "top_logprobs": 10}
     assert body_key(line["body"]["messages"]) == body_key(list(c.messages))
+
+
+# ----------------------------------------------------------------------------- the real stage and CLI
+
+def write_candidates(run_dir: Path, n_prompts: int = 4, n: int = 3) -> int:
+    """round-0 candidates as the generate stage leaves them; returns the stage's call count (N scores + 2)."""
+    rows = [{"prompt_id": f"p{p}", "candidate_id": f"p{p}-c{i}", "round": 0,
+             "messages": [{"role": "user", "content": f"Question {p}: explain something."}],
+             "response": f"Answer {i} to {p}: " + "word " * (4 + 3 * i), "num_tokens": 8 + 3 * i,
+             "finish_reason": "stop", "model": "policy", "adapter": None, "seed": 0}
+            for p in range(n_prompts) for i in range(n)]
+    rdir = run_dir / "round-0"
+    write_parquet(rdir / "candidates" / "part-00000.parquet", pl.DataFrame(rows, schema=CANDIDATES_SCHEMA),
+                  CANDIDATES_SCHEMA)
+    write_json(rdir / "candidates.manifest.json", {"stage": "generate", "round": 0, "shards": 1, "rows": len(rows)})
+    return n_prompts * (n + 2)
+
+
+def run_config(run_dir: Path, srv: FakeJudgeServer, *extra: str) -> list[str]:
+    return [f"run_dir={run_dir}", "prompts=tests/assets/prompts.jsonl", "model=policy", "judge.backend=openai",
+            f"judge.base_url={srv.base_url}", "judge.model=fake-judge", f"judge.api_key_env={ENV}",
+            "judge.max_backoff_s=0.2", "judge.timeout_s=5", *extra]
+
+
+def read_report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "round-0" / "judge-report.json").read_text())
+
+
+def test_stage_auto_recovers_judges_everything_and_bills_reasoning(server, tmp_path):
+    n_calls = write_candidates(tmp_path)
+    stage.run(load_config(None, run_config(tmp_path, server, "judge.prices={fake-judge: [1.0, 2.0]}")))
+    rep = read_report(tmp_path)
+    assert rep["calls"] == n_calls and rep["pending_calls"] == 0 and rep["invalid_calls"] == 0
+    b = rep["backend_stats"]
+    assert b["api_style"] == "reasoning" and b["switched"]["from"] == "chat" and b["refused_requests"] == 1
+    assert b["reasoning_tokens"] == n_calls * REASONING and b["possibly_billed_attempts"] == 0
+    st = server.stats()  # one refused request; every call judged exactly once
+    assert st["requests"] == n_calls + 1 and st["ok"] == n_calls and set(st["ok_by_body"].values()) == {1}
+    # cost is what the API bills: completion tokens include the hidden reasoning (1 visible token each)
+    assert rep["output_tokens"] == n_calls * (REASONING + 1)
+    assert rep["cost_usd"] == pytest.approx((rep["input_tokens"] * 1.0 + rep["output_tokens"] * 2.0) / 1e6)
+    j = pl.read_parquet(tmp_path / "round-0" / "judgments.parquet")
+    assert j.filter(pl.col("kind") == "pairwise")["p_a"].null_count() == j.filter(pl.col("kind") == "pairwise").height
+    assert (tmp_path / "round-0" / "pairs.parquet").exists()
+
+
+def test_stage_tiny_completion_cap_gives_cut_off_verdicts(server, tmp_path):
+    write_candidates(tmp_path, n_prompts=2)
+    with pytest.raises(JudgeUnreliable):  # every verdict invalid: the invalid-rate gate stops the round
+        stage.run(load_config(None, run_config(tmp_path, server, "judge.api_style=reasoning",
+                                               "judge.max_completion_tokens=16")))
+    j = pl.read_parquet(tmp_path / "round-0" / "judgments.parquet")
+    assert j.height and set(j["verdict"]) == {"invalid"}
+    assert set(j["error"]) == {"reply cut off (finish_reason=length)"}
+    assert "raise judge.max_completion_tokens" in read_report(tmp_path)["backend_stats"]["hint"]
+
+
+def test_cli_chat_style_stops_at_the_first_call(server, tmp_path):
+    write_candidates(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env.update({ENV: KEY, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run([sys.executable, "-m", "rlaif", "judge", *run_config(tmp_path, server, "judge.api_style=chat",
+                                                                            "judge.concurrency=2")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("rlaif: error:")]
+    assert len(errors) == 1 and "'max_tokens' is not supported with this model" in errors[0]
+    assert "judge.api_style=auto or reasoning" in errors[0]
+    assert KEY not in r.stderr + r.stdout and "gave up" not in r.stderr and "rerun to retry" not in r.stderr
+    assert server.stats()["requests"] <= 2
