@@ -65,7 +65,8 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "invalid_rate": _rate(judgments["verdict"] == "invalid"),
         "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
         "rationales": rationale_samples(judgments),
-        "checklist_items": checklist_stats(judgments) if (judgments["kind"] == "checklist").any() else None,
+        "checklist_items": checklist_stats(judgments, js.weights()) if (judgments["kind"] == "checklist").any()
+        else None,
         **position_stats(pw), **length_stats(pw, cands), **extra,
     }
 
@@ -77,11 +78,12 @@ def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
              "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
 
 
-def checklist_stats(judgments: pl.DataFrame) -> list[dict]:
+def checklist_stats(judgments: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
     """Per checklist item: mean P(yes) over all candidates, and over each prompt's best and worst
-    candidate by the aggregate (unweighted here) score: which items separate chosen from rejected."""
+    candidate by the weighted score the filter ranks by: which items separate chosen from rejected."""
     ck = judgments.filter((pl.col("kind") == "checklist") & (pl.col("verdict") != "invalid"))
-    per = ck.group_by("prompt_id", "a_id").agg(total=pl.col("score_a").mean())
+    w = pl.col("item").replace_strict(weights, default=1.0, return_dtype=pl.Float64)
+    per = ck.group_by("prompt_id", "a_id").agg(total=(pl.col("score_a") * w).sum() / w.sum())
     ranked = per.sort(["total", "a_id"], descending=[True, False]).group_by("prompt_id", maintain_order=True).agg(
         best=pl.col("a_id").first(), worst=pl.col("a_id").last(), n=pl.len()).filter(pl.col("n") >= 2)
     best = ck.join(ranked.select("prompt_id", a_id="best"), on=["prompt_id", "a_id"])

@@ -1,0 +1,94 @@
+"""An in-process judge that implements the real backend contract (rlaif.judge.backends), for
+testing stage semantics — explained, graded and checklist verdicts — without a model or a server.
+
+It reads the fenced blocks of the rendered judge prompt, as a real judge would, and answers by a
+rule a test can predict: the response with more numbered-list lines wins (graded "much better"
+when it has at least 3 more), the longer one breaks a tie. Every call it answers is counted in
+ScriptedJudge.calls, so a test can prove that a rerun made none.
+
+    monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+
+from rlaif.judge.backends import Reply
+
+BLOCK = re.compile(r"<<<BEGIN_DATA id=(\w+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.S)
+NUMBERED = re.compile(r"(?m)^\s*\d+[.)]\s")
+
+
+def blocks(call) -> dict[str, str]:
+    return dict(BLOCK.findall(call.messages[-1]["content"]))
+
+
+def listiness(text: str) -> tuple[int, int]:
+    return len(NUMBERED.findall(text)), len(text)
+
+
+class ScriptedJudge:
+    calls: list = []  # every call answered, across instances (reset by the tests)
+
+    def __init__(self, cfg, model, **_):
+        self.cfg = cfg
+
+    def _pairwise(self, b: dict) -> str:
+        la, lb = listiness(b["A"]), listiness(b["B"])
+        if la == lb:
+            slot, gap = "tie", 0
+        else:
+            slot, gap = ("A", la[0] - lb[0]) if la > lb else ("B", lb[0] - la[0])
+        if self.cfg.verdicts == "graded":
+            strong = gap >= 3
+            v = {"A": "A>>B" if strong else "A>B", "B": "B>>A" if strong else "B>A", "tie": "A=B"}[slot]
+            return f"[[{v}]]"
+        return slot
+
+    def answer(self, call) -> Reply:
+        b = blocks(call)
+        if call.kind == "pairwise":
+            verdict = self._pairwise(b)
+            if self.cfg.explain:  # a rationale that names slot A, whatever the verdict is
+                return Reply(text=f"Response A opens well; A is shorter.\nVerdict: {verdict}", finish_reason="stop")
+            return Reply(text=verdict, finish_reason="stop")
+        if call.kind == "checklist":
+            yes = bool(NUMBERED.search(b["R"])) if "numbered" in call.messages[-1]["content"] else len(b["R"]) < 80
+            p = 0.9 if yes else 0.2
+            top = {"Yes": math.log(p), "No": math.log(1 - p)}
+            text = ("It reads as asked.\nAnswer: " if self.cfg.explain else "") + ("Yes" if yes else "No")
+            return Reply(text=text, top=None if self.cfg.explain else top, finish_reason="stop")
+        n = listiness(b["R"])[0]
+        return Reply(text=str(min(9, 1 + 2 * n)), finish_reason="stop")
+
+    def run(self, calls, on_reply) -> None:
+        for call in itertools.islice(calls, None):
+            ScriptedJudge.calls.append(call)
+            reply = self.answer(call)
+            reply.input_tokens, reply.output_tokens = 10, 2
+            on_reply(call, reply)
+
+
+def write_candidates(run_dir, texts: dict, finish: str = "stop"):
+    """round-0/candidates/part-00000.parquet + candidates.manifest.json, as the generate stage leaves
+    them: texts = {prompt_id: [response, ...]}; candidate ids are PROMPT-cI."""
+    import polars as pl
+
+    from rlaif.io import CANDIDATES_SCHEMA, write_json, write_parquet
+
+    rows = [{"prompt_id": pid, "candidate_id": f"{pid}-c{i}", "round": 0,
+             "messages": [{"role": "user", "content": f"Question {pid}: how do I reset my password?"}],
+             "response": t, "num_tokens": len(t) // 4 + 1, "finish_reason": finish, "model": "policy",
+             "adapter": None, "seed": 0} for pid, ts in texts.items() for i, t in enumerate(ts)]
+    df = pl.DataFrame(rows, schema=CANDIDATES_SCHEMA)
+    rdir = run_dir / "round-0"
+    write_parquet(rdir / "candidates" / "part-00000.parquet", df, CANDIDATES_SCHEMA)
+    write_json(rdir / "candidates.manifest.json", {"stage": "generate", "round": 0, "rows": len(df)})
+    return df
+
+
+def listy(n: int, words: int = 6) -> str:
+    """An answer as a numbered list of n steps (n=0: the same content as prose)."""
+    steps = [f"Open settings and choose option {i} " + " ".join(["then"] * words) for i in range(1, max(n, 1) + 1)]
+    return "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1)) if n else " ".join(steps) + "."
