@@ -145,10 +145,10 @@ def test_a_checkpoint_without_score_weights_is_refused(tiny_model, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architectures"] = ["LlamaForSequenceClassification"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    _one_line_error(folder, "no trained score head", "score.weight")
+    _one_line_error(folder, "not a trained reward model: score.weight missing")
     del cfg["architectures"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    _one_line_error(folder, "no trained score head")
+    _one_line_error(folder, "not a trained reward model")
 
 
 def test_a_multi_output_classifier_is_refused(demo_model, tmp_path):
@@ -169,3 +169,49 @@ def test_an_over_long_input_stops_before_the_forward_pass(tiny_rm):
                 chat=tuple(CHATS[0]), response="word " * 200)
     with pytest.raises(UserError, match="c-long is [0-9]+ tokens, over the limit of 64"):
         _run(judge, [long])
+
+
+def test_the_judge_stage_ranks_by_reward_and_reruns_from_the_ledger(tmp_path, tiny_model, tiny_rm):
+    """`rlaif judge` with judge.backend=reward_model: every candidate's reward in the ledger and
+    judgments, best vs worst by reward, and a rerun that loads (so runs) no model at all."""
+    import math
+
+    import polars as pl
+
+    import rlaif.generate as generate
+    from conftest import ROOT, rlaif_cli
+    from rlaif.config import load_config
+
+    overrides = [f"run_dir={tmp_path}", f"model={tiny_model}", "generate.max_tokens=12", "generate.max_prompts=3",
+                 "generate.n=3", "generate.temperature=1.0", "judge.backend=reward_model", f"judge.model={tiny_rm}",
+                 "filter.drop_length_truncated=false", "filter.max_length_ratio=1000"]
+    generate.run(load_config(ROOT / "configs/quickstart.yaml", overrides))
+    first = rlaif_cli("judge", "--config", "configs/quickstart.yaml", *overrides)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"judge: reward model {tiny_rm} loaded" in first.stderr and "cpu, float32" in first.stderr
+    rdir = tmp_path / "round-0"
+    j = pl.read_parquet(rdir / "judgments.parquet")
+    cands = pl.read_parquet(sorted((rdir / "candidates").glob("part-*.parquet")))
+    assert j.height == cands.height == 9 and set(j["kind"]) == {"reward"} and set(j["verdict"]) == {"score"}
+    reward = dict(zip(j["a_id"], j["score_a"]))
+    for c in cands.iter_rows(named=True):  # what the stage recorded is the model's own reward
+        assert reward[c["candidate_id"]] == pytest.approx(_reference(tiny_rm, c["messages"], c["response"])[0],
+                                                          abs=1e-5)
+    pairs = pl.read_parquet(rdir / "pairs.parquet")
+    assert pairs.height >= 1
+    by_prompt = {pid: [reward[c] for c in grp["candidate_id"]] for (pid,), grp in cands.group_by("prompt_id")}
+    for p in pairs.iter_rows(named=True):
+        hi, lo = max(by_prompt[p["prompt_id"]]), min(by_prompt[p["prompt_id"]])
+        assert (reward[p["chosen_id"]], reward[p["rejected_id"]]) == (hi, lo)
+        assert p["margin"] == pytest.approx(math.tanh((hi - lo) / 2))  # 2 sigmoid(d) - 1, judge/filter.py
+
+    again = rlaif_cli("judge", "--config", "configs/quickstart.yaml", *overrides)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "judge: reward model" not in again.stderr  # every reward came from the ledger
+    assert pl.read_parquet(rdir / "judgments.parquet").equals(j)
+    assert pl.read_parquet(rdir / "pairs.parquet").equals(pairs)
+    # Another judge.model is another judge: a causal LM folder is loaded, and refused in one line.
+    lm = rlaif_cli("judge", "--config", "configs/quickstart.yaml", *overrides, f"judge.model={tiny_model}")
+    assert lm.returncode == 2 and lm.stderr.strip().splitlines()[-1] == (
+        f"rlaif: error: judge.model {tiny_model}: a LlamaForCausalLM, not a reward model (judge.backend="
+        "reward_model needs a ...ForSequenceClassification checkpoint with a one-output score head)"), lm.stderr

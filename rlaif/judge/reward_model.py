@@ -1,17 +1,18 @@
 """Reward-model judge: a local sequence-classification model scores each candidate with one scalar.
 
-    rlaif judge configs/quickstart.yaml judge.backend=reward_model judge.model=/path/to/reward-model
+    rlaif judge --config configs/quickstart.yaml judge.backend=reward_model judge.model=/path/to/reward-model
 
-The folder is a Hugging Face `...ForSequenceClassification` checkpoint with a one-output head
-(the `score` linear layer transformers' generic sequence classifier puts on a decoder, the layout
-RLHFlow and Skywork reward models ship and TRL's RewardTrainer saves). Each candidate is scored as
-the conversation plus the candidate's assistant turn, rendered by the reward model's OWN chat template
-(a reward model is trained on its template; the policy's would shift its inputs). The stage turns
+The folder is a Hugging Face `...ForSequenceClassification` checkpoint with a one-output head (the
+`score` linear layer of transformers' GenericForSequenceClassification on a decoder: the layout of
+Skywork-Reward and RLHFlow's Bradley-Terry reward models, and what TRL's RewardTrainer saves). Each
+candidate is scored as the conversation plus its assistant turn, rendered by the reward model's OWN
+chat template (a reward model is trained on its template; the policy's would shift its inputs). The stage turns
 rewards into pairs (best vs worst by reward); this file only answers `kind == "reward"` calls.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -40,39 +41,52 @@ def _check_folder(model: str) -> dict:
     return cfg
 
 
+def _load(model: str):
+    """(tokenizer, model) of a reward-model folder, or one line saying why it is not one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    _check_folder(model)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its table of missing keys is replaced by the one line below
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+        net, info = AutoModelForSequenceClassification.from_pretrained(
+            model, num_labels=1, dtype=default_dtype(), output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"judge.model {model}: cannot load as a reward model: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # transformers initialises absent or mis-shaped weights at random and only warns: a causal LM
+    # folder loaded this way "works" and scores noise.
+    if info["mismatched_keys"]:
+        key, shape, _ = sorted(info["mismatched_keys"])[0]
+        raise UserError(f"judge.model {model}: {key} has shape {list(shape)} in the checkpoint; "
+                        "a reward model's head has one output")
+    if info["missing_keys"]:
+        keys = ", ".join(sorted(info["missing_keys"])[:3])
+        raise UserError(f"judge.model {model}: not a trained reward model: {keys} missing from the checkpoint "
+                        "(transformers would initialise it at random)")
+    if not tok.chat_template:
+        raise UserError(f"judge.model {model}: its tokenizer has no chat template to render conversations with")
+    return tok, net
+
+
 class RewardModelJudge:
     def __init__(self, cfg: JudgeConfig, model: str, **_) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        _check_folder(model)
         self.cfg, self.path = cfg, model
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # its load report of missing keys is replaced by our one line
-        try:
-            self.tok = AutoTokenizer.from_pretrained(model)
-            net, info = AutoModelForSequenceClassification.from_pretrained(
-                model, num_labels=1, dtype=default_dtype(), output_loading_info=True, ignore_mismatched_sizes=True)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"judge.model {model}: cannot load as a reward model: {first}") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        # transformers initialises absent or mis-shaped weights at random and only warns: a causal LM
-        # folder loaded this way "works" and scores noise. Any such key: the checkpoint is not a reward model.
-        for key, ckpt_shape, _ in sorted(info["mismatched_keys"]):
-            raise UserError(f"judge.model {model}: {key} has shape {list(ckpt_shape)} in the checkpoint; "
-                            "a reward model's head has one output")
-        if info["missing_keys"]:
-            keys = ", ".join(sorted(info["missing_keys"])[:3])
-            raise UserError(f"judge.model {model}: no trained score head in the checkpoint (missing {keys}; "
-                            "transformers would initialise it at random)")
-        if not self.tok.chat_template:
-            raise UserError(f"judge.model {model}: its tokenizer has no chat template to render conversations with")
+        self.tok, net = _load(model)
         self.model = net.to(self.device).eval()
         self.limit = min(cfg.max_input_tokens, getattr(net.config, "max_position_embeddings", None) or 10**9)
+        # Which weights score, where and in what precision: said once, when the model is loaded (a
+        # rerun whose rewards are all in the ledger loads nothing and says nothing).
+        params = sum(p.numel() for p in net.parameters())
+        print(f"judge: reward model {model} loaded ({params / 1e6:.1f}M params, {self.device}, "
+              f"{str(net.dtype).removeprefix('torch.')})", file=sys.stderr)
 
     def _ids(self, chat, response: str) -> list[int]:
         conv = [*map(dict, chat), {"role": "assistant", "content": response}]
