@@ -102,6 +102,9 @@ class JudgeConfig(Strict):
     min_consistency: float = Field(0.6, ge=0, le=1, description="fail the round if position consistency is below this")
     max_invalid_rate: float = Field(
         0.5, ge=0, le=1, description="fail the round if more than this share of verdicts is invalid (unparseable)")
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="refuse to judge unless RUN_DIR/calibration holds a calibration of this judge "
+                                      "(judge_id and template) with agreement >= this (rlaif calibrate)")
     max_input_tokens: int = Field(8192, ge=64, description="judge context; longer inputs are rejected, not sent")
     max_response_chars: int = Field(100_000, ge=1, description="longer candidate texts are rejected, not sent")
     # rate limits (openai backend): shared by every concurrent call of the process, adapting down on 429s
@@ -246,6 +249,41 @@ class EvaluateConfig(Strict):
         return v
 
 
+GOLD_FIELDS = ("prompt_id", "messages", "prompt", "response_a", "response_b", "human")
+
+
+class CalibrateConfig(Strict):
+    """`rlaif calibrate` (rlaif/judge/calibrate.py): the judge on human-labelled gold pairs."""
+    gold: str | None = Field(None, description="gold pairs: JSONL, parquet, CSV or a saved HF dataset folder "
+                                               "(`gold=PATH` on the command line)")
+    split: str = Field("train", description="split to use when gold is a saved DatasetDict")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="rlaif field -> the file's column, e.g. {response_a: chosen, "
+                                          "response_b: rejected, human: winner}; fields: " + ", ".join(GOLD_FIELDS))
+    human_values: dict[str, Literal["a", "b", "tie"]] = Field(
+        default_factory=dict, description="the file's label -> a|b|tie, e.g. {model_a: a, model_b: b, "
+                                          "'tie (bothbad)': tie}; a, b and tie (any case) are always understood")
+    a_is_preferred: bool = Field(
+        False, description="no human column: response_a (e.g. chosen) is preferred in every row; a fixed half of "
+                           "the rows is swapped to b, so kappa is not degenerate")
+    max_rows: int | None = Field(None, ge=1, description="use only the first N gold rows")
+    run_dir: str | None = Field(None, description="run folder whose candidates the projected cost prices; default run_dir")
+    round: int | None = Field(None, ge=0, description="round of those candidates; default `round`")
+
+    @field_validator("columns")
+    @classmethod
+    def _known(cls, v):
+        bad = [k for k in v if k not in GOLD_FIELDS]
+        if bad:
+            raise _check_error(f"unknown field {bad[0]!r}; map one of {', '.join(GOLD_FIELDS)} to a column name")
+        return v
+
+    @field_validator("human_values", mode="before")
+    @classmethod
+    def _str_keys(cls, v):  # YAML reads `1: a` with an int key; labels are compared as text
+        return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
+
+
 class RunSection(Strict):
     accumulate_pairs: bool = False
     stop_on_length_hacking: bool = Field(
@@ -267,6 +305,7 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     run: RunSection = Field(default_factory=RunSection)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
 
     def round_dir(self, k: int | None = None) -> Path:
         return Path(self.run_dir) / f"round-{self.round if k is None else k}"
@@ -326,5 +365,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML. It holds env-var names only, never key values."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML. It holds env-var names only, never key values; a judge.base_url
+    carrying credentials (user:token@host, ?api-key=...) is saved with them masked."""
+    from rlaif.judge.identity import redact_url
+
+    data = cfg.model_dump(mode="json")
+    data["judge"]["base_url"] = redact_url(data["judge"]["base_url"])
+    return yaml.safe_dump(data, sort_keys=False)

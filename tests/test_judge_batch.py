@@ -42,9 +42,10 @@ def test_batch_gives_live_verdicts_at_the_batch_price(bsrv, tmp_path, monkeypatc
     live_dir, batch_dir = tmp_path / "live", tmp_path / "batch"
     for d in (live_dir, batch_dir):
         write_candidates(d, standard())
+    # two test servers stand for one OpenAI endpoint (live and batch): declared one judge, so keys match
     with FakeJudgeServer(api_key=KEY, policy="hash") as live:
-        stage.run(config(live_dir, live, *BATCH[1:]))  # same settings, live calls
-    stage.run(config(batch_dir, bsrv, *BATCH))
+        stage.run(config(live_dir, live, *BATCH[1:], "judge.identity=openai"))  # same settings, live calls
+    stage.run(config(batch_dir, bsrv, *BATCH, "judge.identity=openai"))
     assert verdicts(batch_dir).equals(verdicts(live_dir))
     st = bsrv.stats()
     assert st["batches_created"] == 1 and st["uploads"] == 1 and st["live_calls"] == 0
@@ -53,7 +54,7 @@ def test_batch_gives_live_verdicts_at_the_batch_price(bsrv, tmp_path, monkeypatc
     assert live_cost > 0 and batch_cost == pytest.approx(live_cost / 2)  # judge.batch_discount 0.5
     assert report(batch_dir)["batch"]["chunks_submitted"] == 1
     # a rerun finds everything in the ledger: no upload, no batch
-    stage.run(config(batch_dir, bsrv, *BATCH))
+    stage.run(config(batch_dir, bsrv, *BATCH, "judge.identity=openai"))
     assert bsrv.stats()["batches_created"] == 1 and bsrv.stats()["uploads"] == 1
 
 

@@ -261,3 +261,24 @@ def test_a_judge_whose_every_verdict_is_invalid_fails_the_round(api, tmp_path):
         from rlaif.judge import filter as flt
 
         flt.run(cfg)
+
+
+def test_credentials_in_base_url_never_reach_errors_or_the_saved_config(tmp_path, monkeypatch):
+    from rlaif.config import dump_config
+    from rlaif.judge.identity import endpoint, redact_url
+
+    url = "https://alice:s3cr3t-tok@judge.example.com:8443/v1?api-key=k3y-in-query&region=eu"
+    red = redact_url(url)
+    assert "s3cr3t" not in red and "k3y-in-query" not in red and "alice" not in red
+    assert red == "https://***@judge.example.com:8443/v1?api-key=%2A%2A%2A&region=eu"
+    assert endpoint(url) == "https://judge.example.com:8443/v1"  # the identity: no credential either
+    saved = dump_config(load_config(None, ["prompts=x", f"judge.base_url={url}"]))
+    assert "s3cr3t" not in saved and "k3y-in-query" not in saved and "judge.example.com" in saved
+    # a 404 from an endpoint given with credentials: the error names the endpoint, not the secret
+    write_candidates(tmp_path, {"p0": [listy(0), listy(2)]})
+    monkeypatch.setenv(ENV, KEY)
+    with FakeJudgeServer(api_key=KEY) as srv:
+        bad = srv.url.replace("http://", "http://bob:pa55word@") + "/nope?token=t0ken"
+        with pytest.raises(UserError) as e:
+            stage.run(api_cfg(tmp_path, srv, f"judge.base_url={bad}"))
+    assert "HTTP 404" in str(e.value) and "pa55word" not in str(e.value) and "t0ken" not in str(e.value)

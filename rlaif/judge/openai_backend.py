@@ -130,7 +130,9 @@ class OpenAIJudge:
 
     @property
     def where(self) -> str:
-        return self.cfg.base_url or "the OpenAI API"
+        from rlaif.judge.identity import redact_url
+
+        return redact_url(self.cfg.base_url) or "the OpenAI API"  # never a credential in a message
 
     def scrub(self, text: str) -> str:
         """Server text with the configured key removed (some proxies echo the request back)."""

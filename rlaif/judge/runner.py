@@ -40,7 +40,14 @@ class Runner:
         self.bar = None
 
     def _estimate(self, call: Call) -> float:
-        out = self.j.max_completion_tokens if self.j.api_style == "reasoning" else call.max_tokens
+        # the style that will answer: under api_style=auto the backend knows it (by model name, or
+        # after a switch); a reasoning reply may use all of max_completion_tokens
+        style = getattr(self.backend, "style", None) or self.j.api_style
+        if style == "auto" and self.j.backend == "openai":
+            from rlaif.judge.openai_backend import start_style
+
+            style = start_style(self.j, self.model)
+        out = self.j.max_completion_tokens if style == "reasoning" else call.max_tokens
         return (call.est_input_tokens * self.price[0] + out * self.price[1]) / 1e6
 
     def admit(self, call: Call) -> bool:
