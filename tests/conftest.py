@@ -47,3 +47,26 @@ def rlaif_cli(*args: str, python: str = sys.executable, env: dict | None = None,
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([python, "-m", "rlaif", *args], capture_output=True, text=True, cwd=ROOT,
                           env=full_env, timeout=timeout, **kw)
+
+
+def make_adapter(base, out, seed: int) -> None:
+    """A LoRA adapter with random (not zero) B, so the policy really answers differently from its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+
+
+def finished_adapter(run_dir, k: int, base, seed: int):
+    """Round k's adapter as `rlaif train` leaves it: the weights, then train.manifest.json, written last."""
+    from rlaif.io import write_json
+
+    adapter = run_dir / f"round-{k}" / "train" / "adapter"
+    make_adapter(base, adapter, seed)
+    write_json(adapter.parent / "train.manifest.json", {"stage": "train", "round": k, "steps": 1,
+                                                        "final": {"loss": 0.69}})
+    return adapter

@@ -9,11 +9,12 @@ import time
 import polars as pl
 import pytest
 
-from conftest import ROOT, rlaif_cli
-from rlaif.config import load_config
+from conftest import ASSETS, ROOT, finished_adapter, make_adapter, rlaif_cli
+from rlaif.config import GenerateConfig, RunConfig, load_config
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA
+from rlaif.io import CANDIDATES_SCHEMA, read_prompts
 import rlaif.generate as generate
+from rlaif.generate import stage as gstage
 
 
 def _cfg(tmp_path, model, *extra):
@@ -60,7 +61,7 @@ def test_rerun_is_a_no_op_and_changed_config_is_refused(tmp_path, tiny_model, ca
     generate.run(_cfg(tmp_path, tiny_model))
     assert "already done" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "round-0" / "candidates").glob("*")}
-    with pytest.raises(UserError, match="different model/prompts/sampling"):
+    with pytest.raises(UserError, match="different model/adapter/prompts/sampling"):
         generate.run(_cfg(tmp_path, tiny_model, "generate.n=3"))
 
 
@@ -126,3 +127,87 @@ def test_kill_9_then_rerun_equals_clean_run(tmp_path, tiny_model):
     assert not list(shards.glob(".*.tmp"))
     saved = load_config(killed / "config.yaml")  # the CLI saved the resolved config, and it reloads
     assert saved.generate.shard_size == 1 and saved.model == str(tiny_model)
+
+
+
+# ----------------------------------------------------------------------------- issue 11, items 6 and 8
+
+def _adapter_args(run_dir, model, adapter):
+    return ["generate", "--config", "configs/quickstart.yaml", f"run_dir={run_dir}", f"model={model}", "round=1",
+            "prompts=tests/assets/prompts.jsonl", "generate.max_prompts=2", "generate.max_tokens=4",
+            f"generate.adapter={adapter}"]
+
+
+def test_an_adapter_retrained_in_place_is_not_taken_for_the_old_one(tmp_path, tiny_model):
+    adapter = finished_adapter(tmp_path, 0, tiny_model, seed=0)
+    assert rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter)).returncode == 0
+    again = rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter))
+    assert again.returncode == 0 and "stage already done" in again.stdout
+    finished_adapter(tmp_path, 0, tiny_model, seed=1)  # round 0 trained again: same path, other weights
+    res = rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter))
+    assert res.returncode == 2 and "came from a different model/adapter" in res.stderr, res.stderr[-2000:]
+    m = json.loads((tmp_path / "round-1" / "candidates.manifest.json").read_text())
+    assert m["adapter_id"] and m["model_id"]  # what the rows came from, by content
+
+
+def test_an_adapter_is_used_only_once_its_training_finished(tmp_path, tiny_model):
+    adapter = tmp_path / "round-0" / "train" / "adapter"
+    make_adapter(tiny_model, adapter, seed=0)  # adapter_config.json and weights, but no train.manifest.json
+    res = rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "round 0's training is not finished" in lines[0], res.stderr
+    assert not (tmp_path / "round-1" / "candidates").exists()
+    lone = tmp_path / "my-lora"  # an adapter from elsewhere needs its weights, not only its config
+    lone.mkdir()
+    (lone / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    res = rlaif_cli(*_adapter_args(tmp_path, tiny_model, lone))
+    assert res.returncode == 2 and "no adapter weights there" in res.stderr
+
+
+def test_a_release_that_changes_a_default_does_not_reuse_old_rows(tmp_path, tiny_model):
+    """A later release whose default top_k is 50 (transformers' own) must not take rows sampled under 0."""
+    class NextGenerate(GenerateConfig):
+        top_k: int = 50
+
+    class NextRun(RunConfig):
+        generate: NextGenerate = NextGenerate()
+
+    cfg = _cfg(tmp_path, tiny_model)
+    nxt = NextRun.model_validate(cfg.model_dump(exclude={"generate": {"top_k"}}))
+    assert cfg.generate.top_k == 0 and nxt.generate.top_k == 50
+    prompts = read_prompts(ASSETS / "prompts.jsonl")
+    assert gstage.fingerprint(cfg, prompts, str(tiny_model)) != gstage.fingerprint(nxt, prompts, str(tiny_model))
+
+
+def test_an_unreadable_plan_json_is_named_not_taken_for_another_config(tmp_path, tiny_model, capsys):
+    cfg = _cfg(tmp_path, tiny_model, "generate.max_prompts=4", "generate.shard_size=2", "generate.max_tokens=4")
+    generate.run(cfg)
+    out = tmp_path / "round-0" / "candidates"
+    (tmp_path / "round-0" / "candidates.manifest.json").unlink()
+    (out / "plan.json").write_text('{"fingerprint": "3f')
+    with pytest.raises(UserError, match=r"plan.json: unreadable .* nothing says which config made the 2 shard"):
+        generate.run(cfg)
+    for shard in out.glob("part-*.parquet"):
+        shard.unlink()
+    generate.run(cfg)  # no shard depends on it: written again, and said
+    assert "was unreadable and no shard depends on it" in capsys.readouterr().out
+    assert json.loads((out / "plan.json").read_text())["shards"]
+
+
+def test_unreadable_worker_stats_are_counted_and_reported(tmp_path, tiny_model, capsys):
+    small = ["generate.max_prompts=4", "generate.shard_size=2", "generate.max_tokens=4"]
+    generate.run(_cfg(tmp_path, tiny_model, *small, "generate.worker=0/2"))
+    out = tmp_path / "round-0" / "candidates"
+    (out / "worker-0-of-2.json").write_text('{"worker": "0/2", "shar')
+    generate.run(_cfg(tmp_path, tiny_model, *small, "generate.worker=1/2"))
+    m = json.loads((tmp_path / "round-0" / "candidates.manifest.json").read_text())
+    assert m["worker_stats_unreadable"] == ["worker-0-of-2.json"]
+    assert [w["worker"] for w in m["workers"]] == ["1/2"]
+    assert "worker-0-of-2.json: unreadable" in capsys.readouterr().err
+
+
+def test_data_parallel_without_torch_says_it_runs_on_cpu(monkeypatch, capsys):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert gstage._visible_gpus() == []
+    assert "torch is not importable here: workers run on CPU" in capsys.readouterr().out

@@ -328,13 +328,18 @@ def test_kill_9_then_rerun_resumes_from_checkpoint(tmp_path, tiny_model):
         proc.wait()
     assert not (out / stage.MANIFEST).exists(), "training finished before the kill; nothing was tested"
     assert list(out.glob("checkpoint-*"))
+    # a kill -9 inside the metrics append leaves its last line torn (issue 11, item 4)
+    with open(out / "train-metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "loss": 0.6')
 
     resumed = rlaif_cli(*_train_args(cfg_yaml, killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train-metrics.jsonl: dropped a torn last line" in resumed.stdout
     m = re.search(r"resuming from (\S+checkpoint-(\d+)) \(step \d+\)", resumed.stdout)
     assert m, resumed.stdout
     manifest = json.loads((out / stage.MANIFEST).read_text())
     assert manifest["resumed_from_step"] == int(m.group(2)) >= 2 and manifest["steps"] == 6
+    assert manifest["metrics_torn_lines_dropped"] == 1
     steps = [ln["step"] for ln in metric_lines(out) if "loss" in ln]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -498,6 +503,21 @@ def test_metrics_callback_drops_lines_past_the_resume_step(tmp_path):
     cb.on_train_begin(None, SimpleNamespace(global_step=2), None)
     cb.on_log(None, SimpleNamespace(global_step=3), None, logs={"loss": 0.5})
     assert [json.loads(ln)["step"] for ln in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_counted_a_bad_middle_one_named(tmp_path):
+    path = tmp_path / "train-metrics.jsonl"
+    good = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3))
+    for torn in (b'{"step": 4, "lo', b'{"step": 4, "loss": 0.5\xe2\x82', b"\x00\x00\x00"):  # cut mid-write
+        path.write_bytes(good.encode() + torn)
+        assert stage.read_metrics(path) == ([{"step": s, "loss": 1.0} for s in (1, 2, 3)], 1)
+        cb = stage.metrics_callback(path, 2)
+        cb.on_train_begin(None, SimpleNamespace(global_step=2), None)
+        assert cb.torn_lines_dropped == 1
+        assert path.read_text() == good.rsplit('{"step": 3', 1)[0]  # steps 1-2 kept, whole lines only
+    path.write_bytes(b'{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(UserError, match=r"train-metrics.jsonl: line 2: not a metrics line"):
+        stage.read_metrics(path)
 
 
 # ---------------------------------------------------------------- 9. safety

@@ -26,8 +26,10 @@ import polars as pl
 
 from rlaif.config import RunConfig
 from rlaif.errors import UserError
+from rlaif.generate.identity import check_adapter, fingerprint
 from rlaif.io import CANDIDATES_SCHEMA, read_prompts, stable_id, write_json, write_parquet, write_text
-from rlaif.models import resolve_model
+from rlaif.models import folder_id, resolve_model
+from rlaif.procs import spawn
 
 MANIFEST = "candidates.manifest.json"
 
@@ -49,20 +51,6 @@ def render(tok, messages: list[dict]) -> list[int]:
     """Prompt token ids exactly as the chat template gives them (BOS included once, if the template has it)."""
     enc = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     return list(enc["input_ids"])
-
-
-def fingerprint(cfg: RunConfig, prompts: pl.DataFrame, tag: str | None = None) -> str:
-    """What the candidates depend on; finished shards are reused only under the same fingerprint."""
-    # How the work is split (worker, data_parallel_size) or how much GPU memory it may take never
-    # changes a row, so it stays out; so does a setting left at its default, so that a release that
-    # adds a setting keeps finished shards of earlier runs valid.
-    skip = {"worker", "data_parallel_size", "gpu_memory_utilization"} | (
-        {"batch_size"} if cfg.generate.backend == "vllm" else set())
-    g = cfg.generate.model_dump(exclude=skip, exclude_defaults=True)
-    what = {"model": cfg.model, "generate": g, "seed": cfg.seed, "round": cfg.round, "prompts": prompts.to_dicts()}
-    if tag and tag != f"r{cfg.round}":  # only non-default ids enter, so training candidates keep their fingerprint
-        what["tag"] = tag
-    return stable_id(what)
 
 
 def _plan(cfg: RunConfig, prompts: pl.DataFrame, tok, context: int | None, fp: str) -> dict:
@@ -90,15 +78,22 @@ def _load_or_save_plan(out: Path, plan: dict) -> None:
     path = out / "plan.json"
     saved = {k: v for k, v in plan.items() if not k.startswith("_")}
     if path.exists():
+        shards = list(out.glob("part-*.parquet"))
         try:
             old = json.loads(path.read_text())
-        except ValueError:
+        except (OSError, ValueError) as e:
+            # It is written atomically, so this is damage from outside; it alone says which config made
+            # the shards beside it, so they cannot be reused (issue 11, item 8).
+            if shards:
+                raise UserError(f"{path}: unreadable ({str(e).splitlines()[0][:80]}), so nothing says which config "
+                                f"made the {len(shards)} shard(s) beside it; delete {out} and rerun") from None
+            print(f"generate: {path} was unreadable and no shard depends on it: written again")
             old = {}
         if old == saved:
             return
-        if list(out.glob("part-*.parquet")):
+        if shards:
             if old.get("fingerprint") != plan["fingerprint"]:
-                raise UserError(f"{out}: holds shards from a different model/prompts/sampling config; "
+                raise UserError(f"{out}: holds shards from a different model/adapter/prompts/sampling config; "
                                 "delete the folder or use another run_dir")
             raise UserError(f"{path}: same config but a different cut into shards than this machine computes "
                             "(another tokenizer/transformers version?); workers sharing a run folder need "
@@ -160,15 +155,19 @@ def run(cfg: RunConfig, *, out_dir: Path | None = None, prompts: pl.DataFrame | 
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     model = resolve_model(g.model or cfg.model)
-    fp = fingerprint(cfg, prompts, tag)
+    if g.adapter:
+        check_adapter(g.adapter)
+    fp = fingerprint(cfg, prompts, model, tag)
     if (rdir / MANIFEST).exists():
-        if json.loads((rdir / MANIFEST).read_text()).get("fingerprint") != fp:
-            raise UserError(f"{rdir / MANIFEST}: these candidates came from a different model/prompts/sampling "
-                            "config; use another run_dir or round, or delete the folder")
+        try:
+            old_fp = json.loads((rdir / MANIFEST).read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            raise UserError(f"{rdir / MANIFEST}: unreadable; delete it and rerun (finished shards are kept)") from None
+        if old_fp != fp:  # the model and adapter count by content: one retrained in place differs too
+            raise UserError(f"{rdir / MANIFEST}: these candidates came from a different model/adapter/prompts/"
+                            "sampling config; use another run_dir or round, or delete the folder")
         print(f"generate: {rdir / MANIFEST} exists; stage already done")
         return rdir / MANIFEST
-    if g.adapter and not Path(g.adapter, "adapter_config.json").exists():
-        raise UserError(f"generate.adapter {g.adapter}: no adapter_config.json there")
     if g.temperature == 0 and g.n > 1:
         print(f"generate: warning: temperature=0 (greedy) with n={g.n} gives {g.n} identical responses per prompt")
     tok, context = _tokenizer(model)
@@ -241,19 +240,25 @@ def _remove_stale_tmp(out: Path, mine: set[int] | None) -> None:
 
 
 def _visible_gpus() -> list[str]:
+    """GPUs to pin workers to. Only a missing torch means "CPU"; a CUDA that fails to count its
+    devices is an error, not a silent CPU run of D unpinned engines (issue 11, item 8)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
     try:
         import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no usable torch/CUDA: CPU
+    except ImportError:
+        print("generate: torch is not importable here: workers run on CPU", flush=True)
         return []
+    try:
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except RuntimeError as e:
+        raise UserError(f"generate.data_parallel_size: cannot count the GPUs ({str(e).splitlines()[0][:120]}); "
+                        "set CUDA_VISIBLE_DEVICES to the GPUs the workers may use") from None
 
 
 def _start(cmd: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env)
+    return spawn(cmd, env)  # the kernel kills the worker if this process dies, even by kill -9
 
 
 def _data_parallel(cfg: RunConfig, model: str, plan: dict, out: Path, rdir: Path, worker) -> Path:
@@ -324,19 +329,26 @@ def _data_parallel(cfg: RunConfig, model: str, plan: dict, out: Path, rdir: Path
     return _manifest(cfg, model, plan, out, rdir, own, time.perf_counter() - t0)
 
 
-def _worker_stats(out: Path, fp: str) -> list[dict]:
-    stats = []
+def _worker_stats(out: Path, fp: str) -> tuple[list[dict], list[str]]:
+    """Each worker's stats, and the names of the unreadable ones: they hold timings only (the rows are
+    in the shards), so they are left out of the figures, but counted and reported, never skipped silently."""
+    stats, unreadable = [], []
     for p in sorted(out.glob("worker-*.json")):
         try:
             w = json.loads(p.read_text())
-        except (OSError, ValueError):
+            if not isinstance(w, dict) or not {"model_load_s", "generate_s", "new_tokens", "shards"} <= set(w):
+                raise ValueError("not a worker stats object")
+        except (OSError, ValueError) as e:
+            print(f"generate: warning: {p}: unreadable ({str(e).splitlines()[0][:80]}); its timings are left out "
+                  "of the manifest", file=sys.stderr)
+            unreadable.append(p.name)
             continue
         if w.get("fingerprint") != fp:
             raise UserError(f"{p}: written by a worker under a different config (fingerprint "
                             f"{w.get('fingerprint')} != {fp}); every worker must run the same config. Delete "
                             "the folder and rerun")
         stats.append(w)
-    return stats
+    return stats, unreadable
 
 
 def _manifest(cfg, model, plan, out, rdir, own: dict, wall: float) -> Path:
@@ -346,14 +358,15 @@ def _manifest(cfg, model, plan, out, rdir, own: dict, wall: float) -> Path:
     g = cfg.generate
     finish = dict(df.group_by("finish_reason").len().iter_rows()) if len(df) else {}
     # Workers (generate.worker / data_parallel_size) left one stats file each; a plain run has none.
-    workers = _worker_stats(out, plan["fingerprint"])
+    workers, unreadable = _worker_stats(out, plan["fingerprint"])
     runs = workers + ([own] if own["worker"] == "main" and (own["shards"] or not workers) else [])
-    load_s = max(w["model_load_s"] for w in runs)
-    gen_s = max(w["generate_s"] for w in runs)  # workers run side by side: the slowest one's time
+    load_s = max((w["model_load_s"] for w in runs), default=0.0)
+    gen_s = max((w["generate_s"] for w in runs), default=0.0)  # workers run side by side: the slowest one's time
     new_tokens = sum(w["new_tokens"] for w in runs)
     manifest = {
         "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": g.model or cfg.model,
-        "model_path": model, "adapter": g.adapter, "backend": g.backend, "seed": cfg.seed,
+        "model_path": model, "adapter": g.adapter, "model_id": folder_id(model),
+        "adapter_id": folder_id(g.adapter) if g.adapter else None, "backend": g.backend, "seed": cfg.seed,
         "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p", "top_k")},
         "counts": {
             "prompts": sum(len(s) for s in plan["shards"]), "candidates": len(df), "shards": len(plan["shards"]),
@@ -367,6 +380,8 @@ def _manifest(cfg, model, plan, out, rdir, own: dict, wall: float) -> Path:
                    "tokens_per_s": round(new_tokens / gen_s, 2) if gen_s else None},
         "versions": _versions(g.backend),
     }
+    if unreadable:
+        manifest["worker_stats_unreadable"] = unreadable
     if workers:  # tokens_per_s above: all workers' new tokens over the slowest worker's generate time
         manifest["workers"] = [{k: round(v, 3) if isinstance(v, float) else v
                                 for k, v in w.items() if k != "fingerprint"} for w in workers]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rlaif.config import RunConfig
 from rlaif.errors import UserError
-from rlaif.io import write_json
+from rlaif.io import write_json, write_text
 from rlaif.train.data import check_tokenizer, load_pairs, to_dataset
 from rlaif.train.policy import adapter_dir, policy_base
 
@@ -46,19 +46,48 @@ def distributed_info(trainer) -> dict:
             "launcher": launcher}
 
 
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """The metrics lines, and how many torn ones were dropped. Lines are appended as training logs,
+    so a kill -9 mid-write leaves at most the last line torn (no newline, or not JSON): it is dropped
+    and counted. A bad line before the last is damage from outside: one error naming it (issue 11, item 4)."""
+    if not path.exists():
+        return [], 0
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows, torn = [], 0
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no integer step")
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if i < len(lines) - 1:  # a whole line (newline-terminated) that does not parse
+                raise UserError(f"{path}: line {i}: not a metrics line ({str(e)[:80]}); delete the file to "
+                                "start its log afresh") from None
+            torn += 1
+            continue
+        rows.append(row)
+    return rows, torn
+
+
 def metrics_callback(path: Path, resume_step: int):
     from transformers import TrainerCallback
 
     class Metrics(TrainerCallback):
         """One JSON line per logged step; a non-finite loss stops training before any checkpoint of it."""
 
+        torn_lines_dropped = 0
+
         def on_train_begin(self, args, state, control, **kw):
             if not getattr(state, "is_world_process_zero", True):  # every rank calls back; rank 0 writes
                 return
-            keep = []
-            if path.exists():  # lines past the checkpoint we resume from would be logged twice
-                keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            rows, self.torn_lines_dropped = read_metrics(path)
+            if self.torn_lines_dropped:
+                print(f"train: {path.name}: dropped a torn last line (the run was killed mid-write)")
+            keep = [r for r in rows if r["step"] <= resume_step]  # lines past the checkpoint would be logged twice
+            write_text(path, "".join(json.dumps(r) + "\n" for r in keep))  # atomic: a kill here loses nothing
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -171,7 +200,8 @@ def run(cfg: RunConfig, resume: bool = True) -> Path:
     if ckpt and main:
         print(f"train: resuming from {ckpt} (step {step0})")
     t0 = time.perf_counter()
-    trainer = build_trainer(cfg, base, dataset, tok, [metrics_callback(out / "train-metrics.jsonl", step0)])
+    metrics = metrics_callback(out / "train-metrics.jsonl", step0)
+    trainer = build_trainer(cfg, base, dataset, tok, [metrics])
     result = trainer.train(resume_from_checkpoint=ckpt)
     trainer.save_model(str(out / "adapter"))  # every rank: FSDP/ZeRO-3 gather the adapter, rank 0 writes it
     if not trainer.is_world_process_zero():
@@ -182,7 +212,7 @@ def run(cfg: RunConfig, resume: bool = True) -> Path:
 
         ensure_merged(cfg, cfg.round)
     return _manifest(cfg, out, base, counts, over, len(dataset), result, step0, time.perf_counter() - t0,
-                     distributed_info(trainer))
+                     distributed_info(trainer), metrics.torn_lines_dropped)
 
 
 def _policy_base(cfg: RunConfig, main: bool) -> str:
@@ -196,10 +226,12 @@ def _policy_base(cfg: RunConfig, main: bool) -> str:
     return policy_base(cfg, cfg.round)
 
 
-def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall, distributed: dict) -> Path:
+def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall, distributed: dict, torn: int) -> Path:
     import torch
 
-    lines = [json.loads(ln) for ln in (out / "train-metrics.jsonl").read_text().splitlines() if ln]
+    from rlaif.models import folder_id
+
+    lines, torn_now = read_metrics(out / "train-metrics.jsonl")
     last = next((ln for ln in reversed(lines) if "loss" in ln), {})
     steps = result.global_step - step0
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
@@ -207,12 +239,14 @@ def _manifest(cfg, out, base, counts, over, n_train, result, step0, wall, distri
     write_json(out / MANIFEST, {
         "stage": "train", "round": cfg.round, "base_model": base, "reference": cfg.train.reference,
         "reference_model": base, "adapter": str(out / "adapter"),
+        "adapter_id": folder_id(out / "adapter"),  # its content, as generate's fingerprint counts it
         "pairs": {**counts, "over_max_length_dropped": over, "trained_on": n_train},
         "steps": result.global_step, "resumed_from_step": step0,
         "final": {k: last.get(k) for k in ("loss", "rewards/accuracies", "rewards/margins")},
         "timing": {"wall_s": round(wall, 2), "s_per_step": round(wall / steps, 3) if steps else None,
                    "peak_memory_bytes": int(peak)},
         "distributed": distributed,
+        "metrics_torn_lines_dropped": torn + torn_now,
         "train": cfg.train.model_dump(),
     })
     print(f"train: {result.global_step} steps on {n_train} pairs -> {out / 'adapter'} (final loss {last.get('loss')})")
