@@ -282,3 +282,15 @@ def test_credentials_in_base_url_never_reach_errors_or_the_saved_config(tmp_path
         with pytest.raises(UserError) as e:
             stage.run(api_cfg(tmp_path, srv, f"judge.base_url={bad}"))
     assert "HTTP 404" in str(e.value) and "pa55word" not in str(e.value) and "t0ken" not in str(e.value)
+
+
+def test_the_length_audit_covers_judges_that_score_alone(tmp_path, scripted):
+    # the scripted scorer rewards list items, and longer candidates here have more of them
+    write_candidates(tmp_path, TEXTS)
+    stage.run(local_cfg(tmp_path, scripted, "judge.mode=score"))
+    rep = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())
+    assert rep["single_length"] == {"longer_scored_higher_rate": 1.0, "comparisons": 3}
+    write_candidates(tmp_path, {f"p{p}": [listy(3, words=1), listy(0, words=40)] for p in range(3)})
+    stage.run(local_cfg(tmp_path, scripted, "judge.mode=score"))
+    rep = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())
+    assert rep["single_length"]["longer_scored_higher_rate"] == 0.0  # the short list beats the long prose

@@ -45,8 +45,11 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
     gov = getattr(backend, "governor", None)  # openai backend with judge.rpm/tpm set
     extra = {"rate_governor": gov.stats()} if gov is not None and getattr(gov, "active", False) else {}
     return {
-        "judge_model": model, "backend": j.backend, "mode": j.mode, "strategy": j.strategy,
-        "judge_id": js.judge_id, "identity": js.identity, "rubric": js.spec.rubric_id,
+        "judge_model": model, "backend": j.backend, "mode": js.score_kind if js.score_kind != "score" else j.mode,
+        "strategy": j.strategy if js.score_kind == "score" else "best_vs_worst",
+        "judge_id": js.judge_id, "identity": js.identity,
+        "rubric": js.spec.rubric_id if j.backend != "reward_model" else {"source": "reward model", "sha256": "-",
+                                                                          "first_line": "its own learned reward"},
         "explain": j.explain, "verdicts": j.verdicts,
         "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
         "self_judging": model in (cfg.model, _resolved(cfg.model)),
@@ -68,7 +71,26 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "checklist_items": checklist_stats(judgments, js.weights()) if (judgments["kind"] == "checklist").any()
         else None,
         **position_stats(pw), **length_stats(pw, cands), **extra,
+        "single_length": single_length_stats(judgments, cands, js.weights()),
     }
+
+
+def single_length_stats(judgments: pl.DataFrame, cands: pl.DataFrame, weights: dict[str, float]) -> dict | None:
+    """The length audit of judges that score candidates alone (rubric scores, checklists, reward
+    models): over each prompt's best- vs worst-scored candidate of unequal length, how often the
+    longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length."""
+    from rlaif.judge.filter import compare
+
+    single = judgments.filter(pl.col("kind").is_in(["score", "checklist", "reward"]))
+    if single.is_empty():
+        return None
+    comp = compare(single, weights).filter(pl.col("outcome") == "label")
+    tokens = cands.select("candidate_id", "num_tokens")
+    d = (comp.join(tokens.rename({"candidate_id": "chosen_id", "num_tokens": "lc"}), on="chosen_id")
+         .join(tokens.rename({"candidate_id": "rejected_id", "num_tokens": "lr"}), on="rejected_id")
+         .filter(pl.col("lc") != pl.col("lr")))
+    return {"longer_scored_higher_rate": _rate(d.select(pl.col("lc") > pl.col("lr")).to_series()),
+            "comparisons": d.height}
 
 
 def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:

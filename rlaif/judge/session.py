@@ -35,7 +35,10 @@ def judge_model_name(cfg) -> str:
         return j.model
     from rlaif.models import resolve_model
 
-    return resolve_model(j.model or cfg.model)
+    try:
+        return resolve_model(j.model or cfg.model)
+    except UserError as e:
+        raise UserError(f"{'judge.model' if j.model else 'model (the judge defaults to it)'}: {e}") from None
 
 
 def check_api_key(cfg) -> None:
