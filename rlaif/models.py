@@ -121,28 +121,6 @@ def resolve_model(name: str) -> str:
     return str(p)
 
 
-def content_id(folder: str | Path) -> str:
-    """A short hash of what a local model or adapter folder holds, read cheaply: its JSON configs and
-    each safetensors file's header (tensor names, shapes, dtypes, offsets) plus its size. A retrained
-    adapter at the same path gets a new id; a copy of the same folder elsewhere keeps it. A name that
-    is not a folder (a hub id, an API model name) is returned as is."""
-    import hashlib
-    import struct
-
-    path = Path(folder)
-    if not path.is_dir():
-        return str(folder)
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix == ".json" and f.name.endswith("config.json"):
-            h.update(f.name.encode() + f.read_bytes())
-        elif f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))  # safetensors: u64 header length, then JSON header
-                h.update(f.name.encode() + fh.read(min(n, 100_000_000)) + str(f.stat().st_size).encode())
-    return h.hexdigest()[:16]
-
-
 WHOLE_BYTES = 16 << 20  # files up to this size are hashed whole (configs, tokenizers, small adapters)
 SAMPLE_BYTES, SAMPLES = 64 << 10, 16
 

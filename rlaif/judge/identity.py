@@ -1,7 +1,7 @@
 """What identifies a judge: two verdicts are comparable (and a ledger row reusable) only when
 everything that can change a verdict is the same. That is the identity, part of every ledger key:
 
-- backend and model name; for local and reward-model judges, the model folder's content id
+- backend and model name; for local and reward-model judges, the model folder's content (rlaif.models.folder_id)
   (a retrained or replaced model at the same path is another judge);
 - the endpoint (`judge.base_url`, credentials removed), unless `judge.identity` declares that
   several endpoints are one judge (replicas behind a balancer share verdicts);
@@ -54,9 +54,9 @@ def judge_identity(cfg, model: str) -> dict:
         if j.api_style != "chat":
             ident.update(reasoning_effort=j.reasoning_effort, max_completion_tokens=j.max_completion_tokens)
         return ident
-    from rlaif.models import content_id
+    from rlaif.models import folder_id
 
-    ident = {"backend": j.backend, "model": j.identity or content_id(model)}
+    ident = {"backend": j.backend, "model": j.identity or folder_id(model)}
     if j.backend == "local" and j.explain:
         ident["reply_tokens"] = j.reply_tokens()  # local explain generates text; the cap can cut it
     return ident
