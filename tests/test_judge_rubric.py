@@ -294,3 +294,15 @@ def test_the_length_audit_covers_judges_that_score_alone(tmp_path, scripted):
     stage.run(local_cfg(tmp_path, scripted, "judge.mode=score"))
     rep = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())
     assert rep["single_length"]["longer_scored_higher_rate"] == 0.0  # the short list beats the long prose
+
+
+def test_report_md_names_the_rubric_and_shows_rationales(tmp_path, scripted):
+    from rlaif.evaluate.report import write_report
+
+    write_candidates(tmp_path, TEXTS)
+    stage.run(local_cfg(tmp_path, scripted, "judge.rubric=configs/rubrics/code-reviewer.md", "judge.explain=true",
+                        "judge.strategy=all_pairs"))
+    text = write_report(tmp_path).read_text()
+    sha = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())["rubric"]["sha256"]
+    assert f'criteria: configs/rubrics/code-reviewer.md {sha} "Careful code reviewer"' in text
+    assert "Response A opens well" in text

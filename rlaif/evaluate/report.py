@@ -71,6 +71,15 @@ def _removals(card: dict, top: int = 2) -> str:
     return ", ".join(f"{k} {v}" for v, k in removed[:top]) or ("none" if "removed" in card else "-")
 
 
+def _lc_cell(e: dict) -> str:
+    """LC with its interval, or why eval.json has none (lc_reason: too few decisive outcomes, lopsided lengths)."""
+    ci = e.get("lc_win_rate_ci")
+    if _isnum(e.get("lc_win_rate")):
+        ok = isinstance(ci, list) and len(ci) == 2 and all(_isnum(c) for c in ci)
+        return _pct(e["lc_win_rate"]) + (f" ({100 * ci[0]:.0f}–{100 * ci[1]:.0f})" if ok else "")
+    return f"n/a: {e['lc_reason']}" if isinstance(e.get("lc_reason"), str) else "-"
+
+
 def _row(r: dict) -> list[str]:
     e, ci = r["eval"], _ci(r["eval"])
     win = _pct(e.get("win_rate"))
@@ -81,7 +90,7 @@ def _row(r: dict) -> list[str]:
                                          _get(r["train"], "timing", "wall_s"), _get(e, "timing", "wall_s")))
     return [str(r["round"]), _num(r["card"].get("kept")), _removals(r["card"]),
             _num(r["judge"].get("position_consistency"), "{:.2f}"),
-            _pct(r["judge"].get("longer_wins_rate")), win, _pct(e.get("lc_win_rate")), lengths,
+            _pct(r["judge"].get("longer_wins_rate")), win, _lc_cell(e), lengths,
             _num(r["judge"].get("cost_usd"), "{:.4f}"), wall]
 
 
@@ -97,7 +106,8 @@ def headline(rounds: list[dict]) -> str:
     # The interval, not the point estimate, decides the verb: a 58% that could be 49% has not helped yet.
     verb = ("beats" if lo is not None and lo > 0.5 else "loses to" if hi is not None and hi < 0.5
             else "is not clearly different from")
-    notes = ([f"LC {_pct(e['lc_win_rate'])}"] if _isnum(e.get("lc_win_rate")) else []) + \
+    notes = ([f"LC {_pct(e['lc_win_rate'])}"] if _isnum(e.get("lc_win_rate")) else
+             [f"LC n/a: {e['lc_reason']}"] if isinstance(e.get("lc_reason"), str) else []) + \
         ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else [])
     text = f"Round {r['round']} policy {verb} SFT: wins {_pct(e['win_rate'])}"
     text += f" ({', '.join(notes)})" if notes else ""
@@ -209,6 +219,24 @@ def _plots(run_dir: Path, rounds: list[dict]) -> list[tuple[str, str]]:
     return made
 
 
+def judge_lines(rounds: list[dict]) -> list[str]:
+    """Which judge and which criteria decided each round (judge-report.json), and a few of its
+    explained verdicts when judge.explain was on."""
+    out = []
+    for r in rounds:
+        j = r["judge"]
+        if not j:
+            continue
+        rub = j.get("rubric") or {}
+        out.append(f"- round {r['round']}: {j.get('judge_model')} ({j.get('backend')}, {j.get('mode')}, judge id "
+                   f"{j.get('judge_id', '-')}); criteria: {rub.get('source', '-')} {rub.get('sha256', '')} "
+                   f"\"{rub.get('first_line', '')}\"")
+        for x in (j.get("rationales") or [])[:2]:
+            text = " ".join(x["rationale"].split())[:240]
+            out.append(f"  - {x['prompt_id']} ({x['order'] or x['kind']}, verdict {x['verdict']}): {text}")
+    return ["", "## Judge and criteria", "", *out] if out else []
+
+
 def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     """Build RUN_DIR/report.md (and its PNGs) from whatever round folders exist; returns its path."""
     run_dir = Path(run_dir)
@@ -218,7 +246,8 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     lines += ["| " + " | ".join(_row(r)) + " |" for r in rounds]
     lines += ["", "Win rate: policy vs SFT on held-out prompts (pairwise mode: judged in both orders; score mode: "
               "the higher judge score wins); ties, identical answers and order-inconsistent verdicts count half. LC: AlpacaEval 2-style length-controlled win rate (logistic fit on tanh-standardised "
-              "length difference, at zero difference). Judge consistency / longer wins / USD: the training "
+              "length difference, slope L2-penalised, at zero difference; n/a with the reason when under 10 outcomes "
+              "are decisive or nearly all lengths differ one way by more than their spread). Judge consistency / longer wins / USD: the training "
               "judge's audit (judge-report.json)."]
     evald = [r for r in rounds if r["eval"]]
     warnings = [f"- round {b['round']}: {msg}" for a, b in zip(evald, evald[1:])
@@ -229,7 +258,11 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
         lines += ["", "## Warnings", "", *warnings]
     if trained:
         lines += ["", "## Training per round", "", *curves.table(trained)]
+    lines += judge_lines(rounds)
     lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
+    from rlaif.judge.calibrate import report_lines as calibration_lines
+
+    lines += calibration_lines(run_dir)  # only when RUN_DIR/calibration/calibration.json exists (rlaif calibrate)
     plots = _plots(run_dir, rounds)
     plots += [("Independent checks per round", "checks.png")] if checks.plot(rounds, run_dir / "checks.png") else []
     plots += [("Training curves per round", "training.png")] if curves.plot(trained, run_dir / "training.png") else []
