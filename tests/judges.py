@@ -48,6 +48,9 @@ class ScriptedJudge:
 
     def answer(self, call) -> Reply:
         b = blocks(call)
+        if call.kind == "checklist_writer":  # a per-prompt checklist, as RLCF writes one per instruction
+            return Reply(text="Here is the checklist:\n- Is the answer a numbered list?\n- Is it polite?",
+                         finish_reason="stop")
         if call.kind == "pairwise":
             verdict = self._pairwise(b)
             if self.cfg.explain:  # a rationale that names slot A, whatever the verdict is

@@ -306,3 +306,30 @@ def test_report_md_names_the_rubric_and_shows_rationales(tmp_path, scripted):
     sha = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())["rubric"]["sha256"]
     assert f'criteria: configs/rubrics/code-reviewer.md {sha} "Careful code reviewer"' in text
     assert "Response A opens well" in text
+
+
+def test_checklist_from_prompt_writes_items_through_the_ledger(tmp_path, scripted):
+    write_candidates(tmp_path, TEXTS)
+    cfg = local_cfg(tmp_path, scripted, *CHECKLIST, "judge.checklist_from_prompt=true")
+    stage.run(cfg)
+    kinds = [c.kind for c in ScriptedJudge.calls]
+    assert kinds.count("checklist_writer") == 3  # one per prompt, before any item is asked
+    rows = ledger(tmp_path)
+    writer = [r for r in rows if r["kind"] == "checklist_writer"]
+    assert len(writer) == 3 and json.loads(writer[0]["rationale"]) == ["Is the answer a numbered list?", "Is it polite?"]
+    items = {r["item"] for r in rows if r["kind"] == "checklist"}
+    assert items == {"0", "1", "p0", "p1"}  # the configured items, then the prompt's own
+    ScriptedJudge.calls = []
+    stage.run(cfg)
+    assert ScriptedJudge.calls == []
+
+
+def test_an_explained_reply_without_a_final_verdict_is_invalid_and_kept(api, tmp_path):
+    write_candidates(tmp_path, {"p0": [listy(0), listy(2)]})
+    api.control(storm={"type": "text", "content": "Both are fine, but I lean to A.", "rate": 1.0})
+    stage.run(api_cfg(tmp_path, api, "judge.explain=true", "judge.strategy=all_pairs"))
+    j = judgments(tmp_path)
+    assert j.height == 2 and set(j["verdict"]) == {"invalid"}
+    assert set(j["raw"]) == {"Both are fine, but I lean to A."} and set(j["error"]) == {"unparseable pairwise reply"}
+    sent = api.stats()["request_params"][0]
+    assert sent["max_tokens"] == 512  # explain grows the reply cap
