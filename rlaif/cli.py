@@ -42,6 +42,8 @@ examples:
   rlaif status runs/quickstart                       # where a run stands
   rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
   rlaif review runs/quickstart                       # a local page: browse pairs, label a blind sample
+  rlaif calibrate --config configs/quickstart.yaml gold=gold.jsonl   # the judge vs human labels
+  rlaif export runs/quickstart --out export/          # pairs as an HF dataset + adapter, with cards
   rlaif generate --help                              # every stage has its own help"""
 
 
@@ -71,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                         epilog="examples:\n  rlaif report runs/quickstart")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     _review_parser(sub, fmt)
+    _calibrate_parser(sub, fmt)
+    _export_parser(sub, fmt)
     sub.add_parser("demo-model", formatter_class=fmt,
                    help="build (once) and print the path of the offline demo model",
                    description="Convert SmolLM2-135M-Instruct from the GGUF inside the PyPI package "
@@ -127,6 +131,86 @@ def _review(args) -> int:
     from rlaif.evaluate.review import serve
 
     return serve(args.run_dir, args.port, args.sample, args.seed)
+
+
+CALIBRATE_EPILOG = """\
+what it writes (RUN_DIR/calibration/):
+  calibration.json   n, agreement, cohen_kappa, position_consistency, the judge's and the humans'
+                     longer-wins rates, invalid_rate, cost, cost per 1,000 calls, the judge's
+                     identity and rubric, and the projected cost of judging round K's candidates
+  judge-ledger.sqlite  every call, so a rerun pays nothing
+Agreement: share of gold pairs where the judge's both-order label (a, b or tie) equals the human's;
+an order-inconsistent or invalid judge outcome counts as a disagreement. judge.min_agreement makes
+`rlaif judge` refuse to start below it (or without a calibration of the same judge and rubric).
+
+examples:
+  rlaif calibrate --config configs/api-judge-rubric.yaml gold=gold.jsonl
+  rlaif review runs/quickstart --export gold.jsonl && rlaif calibrate --config configs/quickstart.yaml gold=gold.jsonl
+  rlaif calibrate --config configs/gpu-8b.yaml gold=arena.parquet \\
+      'calibrate.columns={response_a: conversation_a, response_b: conversation_b, human: winner}' \\
+      'calibrate.human_values={model_a: a, model_b: b, tie: tie, "tie (bothbad)": tie}'"""
+
+EXPORT_EPILOG = """\
+what it writes (DIR/):
+  dataset/   round K's kept pairs as a Hugging Face dataset (datasets.load_from_disk(DIR/dataset));
+             TRL's conversational preference columns prompt/chosen/rejected beside rlaif's own,
+             and README.md, a dataset card (judge, rubric, filter funnel, counts, lengths, calibration)
+  adapter/   round K's LoRA adapter with a model card (only a finished round: train.manifest.json)
+  merged/    the merged model, when training built one (train.merge=true)
+  export.json  what was exported from where (written last)
+
+examples:
+  rlaif export runs/quickstart --out exports/quickstart          # the last round with pairs
+  rlaif export runs/quickstart --out exports/quickstart-r0 round=0"""
+
+
+def _calibrate_parser(sub, fmt) -> None:
+    cp = sub.add_parser("calibrate", formatter_class=fmt, epilog=CALIBRATE_EPILOG,
+                        help="judge human-labelled gold pairs: agreement, Cohen's kappa, biases, cost",
+                        description="Judge a gold set of human-labelled pairs with the configured judge (both "
+                                    "orders, through a ledger) and compare its verdicts with the humans'.")
+    cp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
+    cp.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="config overrides; gold=PATH is calibrate.gold=PATH")
+
+
+def _export_parser(sub, fmt) -> None:
+    ep = sub.add_parser("export", formatter_class=fmt, epilog=EXPORT_EPILOG,
+                        help="a round's pairs as a Hugging Face dataset, and its adapter, each with a card",
+                        description="Export round K's kept pairs (a Hugging Face dataset folder with TRL's "
+                                    "columns) and its adapter, each with a card, for the ecosystem.")
+    ep.add_argument("run_dir", metavar="RUN_DIR")
+    ep.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if an earlier export)")
+    ep.add_argument("round", nargs="?", metavar="round=K", help="the round (default: the last with pairs)")
+
+
+def _calibrate(args) -> int:
+    from rlaif.config import load_config
+    from rlaif.procs import hold
+
+    if not args.config and not args.overrides:
+        raise UserError("rlaif calibrate: give --config FILE and gold=PATH; see rlaif calibrate --help")
+    cfg = load_config(args.config, [f"calibrate.{o}" if o.startswith("gold=") else o for o in args.overrides])
+    from rlaif.judge.calibrate import run
+
+    with hold(Path(cfg.run_dir) / "calibration", ".lock-calibrate", "rlaif calibrate"):
+        out = run(cfg)
+    print(f"rlaif calibrate: done -> {out}")
+    return 0
+
+
+def _export(args) -> int:
+    k = None
+    if args.round is not None:
+        key, _, value = args.round.partition("=")
+        if key != "round" or not value.isdigit():
+            raise UserError(f"rlaif export: {args.round!r}: expected round=K, e.g. round=0")
+        k = int(value)
+    from rlaif.train.export import export
+
+    out = export(Path(args.run_dir), Path(args.out), k)
+    print(f"rlaif export: done -> {out}")
+    return 0
 
 
 def _stage(name: str, args) -> int:
@@ -203,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.run_dir)
         if args.cmd == "review":
             return _review(args)
+        if args.cmd == "calibrate":
+            return _calibrate(args)
+        if args.cmd == "export":
+            return _export(args)
         if args.cmd == "run" and args.config_file:
             if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
                 args.config = args.config or args.config_file

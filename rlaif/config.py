@@ -257,9 +257,9 @@ class CalibrateConfig(Strict):
     gold: str | None = Field(None, description="gold pairs: JSONL, parquet, CSV or a saved HF dataset folder "
                                                "(`gold=PATH` on the command line)")
     split: str = Field("train", description="split to use when gold is a saved DatasetDict")
-    columns: dict[str, str] = Field(
-        default_factory=dict, description="rlaif field -> the file's column, e.g. {response_a: chosen, "
-                                          "response_b: rejected, human: winner}; fields: " + ", ".join(GOLD_FIELDS))
+    columns: dict[str, str | None] = Field(
+        default_factory=dict, description="rlaif field -> the file's column (null: ignore it), e.g. {response_a: "
+                                          "chosen, response_b: rejected, human: winner}; fields: " + ", ".join(GOLD_FIELDS))
     human_values: dict[str, Literal["a", "b", "tie"]] = Field(
         default_factory=dict, description="the file's label -> a|b|tie, e.g. {model_a: a, model_b: b, "
                                           "'tie (bothbad)': tie}; a, b and tie (any case) are always understood")

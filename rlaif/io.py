@@ -239,6 +239,24 @@ def _text_parts(parts: list, field: str) -> str:
     return "\n".join(texts)
 
 
+def read_rows(path: str | Path, split: str = "train", what: str = "prompts") -> list[tuple[str, dict]]:
+    """(where, row) for each row of a JSONL, parquet or CSV file or a saved HF dataset folder, where
+    is "line N" (JSONL) or "row N": the reader read_prompts uses, for other row files (gold pairs)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: {what} file is empty")
+    if path.suffix.lower() == ".jsonl" and path.is_file():
+        return _read_jsonl(path)
+    return [(f"row {i}", r) for i, r in enumerate(_read_table(path, split), 1)]
+
+
+def parse_messages(raw: Any, where: str) -> list[dict]:
+    """A chat list checked as prompts' messages are (roles, text parts, not ending with the assistant)."""
+    return _messages(raw, where)
+
+
 def read_prompts(path: str | Path, split: str = "train") -> pl.DataFrame:
     """Load prompts into (prompt_id, messages); every error names the file, row and field."""
     path = Path(path)

@@ -79,6 +79,8 @@ def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tup
 
 
 def run(cfg: RunConfig) -> Path:
+    from rlaif.judge.calibrate import check_min_agreement  # judge.min_agreement: refuse before any work
+    check_min_agreement(cfg)
     j, rdir, t0 = cfg.judge, cfg.round_dir(), time.perf_counter()
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
     cands = read_candidates(rdir)

@@ -1,0 +1,164 @@
+"""`rlaif export`: a round's kept pairs as a Hugging Face dataset, and its adapter, each with a card.
+
+    rlaif export runs/quickstart --out exports/quickstart [round=K]
+
+DIR/dataset is `datasets.Dataset.save_to_disk` of round-K/pairs.parquet (default: the last round
+with pairs): TRL's conversational preference columns with an explicit prompt (prompt: the chat
+list; chosen, rejected: one assistant message each; trl/data_utils.py `is_conversational`,
+`apply_chat_template`), so `DPOTrainer(train_dataset=load_from_disk(DIR / "dataset"))` trains as
+is, beside rlaif's own columns (ids, margin, consistency, token counts, round). rlaif's
+`messages` column is not repeated: it is `prompt`, and TRL reads a `messages` key as another
+format. DIR/adapter is round K's LoRA adapter, only when train.manifest.json says training
+finished; DIR/merged the merged model when training built one. Each folder carries a README.md
+card with YAML metadata (rlaif/train/cards.py). The export is built beside DIR and renamed into
+place, with export.json written last, so DIR is either the old export or the whole new one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from rlaif.errors import UserError
+from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, write_json, write_text
+from rlaif.train import cards
+
+RLAIF_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "margin", "consistent", "chosen_tokens", "rejected_tokens",
+                 "round")
+SKIP = {"training_args.bin", "README.md"}  # a pickle (never shared), and PEFT's stub card (ours replaces it)
+
+
+def _load(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def pick_round(run_dir: Path, k: int | None) -> Path:
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    if k is not None:
+        rdir = run_dir / f"round-{k}"
+        if not (rdir / "pairs.parquet").exists():
+            raise UserError(f"{rdir}: no pairs.parquet; run `rlaif judge` for round {k} first")
+        return rdir
+    found = sorted((int(m.group(1)), p) for p in run_dir.glob("round-*/pairs.parquet")
+                   if (m := re.fullmatch(r"round-(\d+)", p.parent.name)))
+    if not found:
+        raise UserError(f"{run_dir}: no round has pairs.parquet yet; run `rlaif judge` first")
+    return found[-1][1].parent
+
+
+def trl_rows(pairs: pl.DataFrame) -> list[dict]:
+    """Pairs -> TRL conversational preference rows (the shape rlaif/train/data.py trains on), plus rlaif's columns."""
+    return [{"prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}],
+             **{c: r[c] for c in RLAIF_COLUMNS}} for r in pairs.iter_rows(named=True)]
+
+
+def _dataset(pairs: pl.DataFrame, out: Path) -> None:
+    import datasets
+
+    msg = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    features = datasets.Features({
+        "prompt": datasets.List(msg), "chosen": datasets.List(msg), "rejected": datasets.List(msg),
+        "prompt_id": datasets.Value("string"), "chosen_id": datasets.Value("string"),
+        "rejected_id": datasets.Value("string"), "margin": datasets.Value("float64"),
+        "consistent": datasets.Value("bool"), "chosen_tokens": datasets.Value("int32"),
+        "rejected_tokens": datasets.Value("int32"), "round": datasets.Value("int32")})
+    datasets.Dataset.from_list(trl_rows(pairs), features=features).save_to_disk(str(out))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Weights are hard-linked when the export is on the same file system (a merged 8B model is 16 GB);
+    they are never edited in place, so the link is as good as a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in SKIP or n.startswith(".")],
+                    copy_function=_link_or_copy)
+
+
+def _calibration(run_dir: Path, judge_id: str | None) -> dict | None:
+    """This judge's latest calibration (rlaif calibrate), else the latest of any judge, marked as such."""
+    folder = run_dir / "calibration"
+    mine = sorted(folder.glob(f"judge-{judge_id}-*.json"), key=lambda p: p.stat().st_mtime) if judge_id else []
+    cal = _load(mine[-1]) if mine else _load(folder / "calibration.json")
+    if not cal:
+        return None
+    keys = ("n", "agreement", "cohen_kappa", "position_consistency", "judge_longer_wins_rate",
+            "human_longer_wins_rate", "invalid_rate", "judge_id", "template_version", "created_at")
+    return {**{k: cal.get(k) for k in keys}, "same_judge": cal.get("judge_id") == judge_id}
+
+
+def _adapter(rdir: Path, tmp: Path, info: dict) -> dict:
+    """Copy the round's adapter (and merged model) with model cards; why not, when not."""
+    train = rdir / "train"
+    manifest = _load(train / "train.manifest.json")
+    if not manifest:
+        return {"adapter": None, "why": f"{train / 'train.manifest.json'} missing: round {info['round']} has no "
+                                        "finished training, so no adapter is exported"}
+    if not (train / "adapter" / "adapter_config.json").exists():
+        raise UserError(f"{train / 'adapter'}: no adapter_config.json although train.manifest.json exists; "
+                        "the adapter folder was changed after training")
+    _copy_model(train / "adapter", tmp / "adapter")
+    write_text(tmp / "adapter" / "README.md", cards.model_card(info, manifest, "adapter"))
+    out = {"adapter": "adapter", "merged": None}
+    if (train / "merged" / "config.json").exists():
+        _copy_model(train / "merged", tmp / "merged")
+        write_text(tmp / "merged" / "README.md", cards.model_card(info, manifest, "merged"))
+        out["merged"] = "merged"
+    return out
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename the finished export into place; an earlier export there is replaced, anything else refused."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").exists()):
+            raise UserError(f"{out}: exists and is not an rlaif export (no export.json); choose another --out")
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
+    rdir = pick_round(Path(run_dir), k)
+    pairs = read_parquet_checked(rdir / "pairs.parquet", PAIRS_SCHEMA, "pairs")
+    if pairs.is_empty():
+        raise UserError(f"{rdir / 'pairs.parquet'}: no kept pairs to export (pairs.card.json says what each "
+                        "filter removed)")
+    judge = _load(rdir / "judge-report.json")
+    info = {"run_dir": str(run_dir), "run": Path(run_dir).resolve().name, "round": int(rdir.name.split("-")[1]),
+            "card": _load(rdir / "pairs.card.json"), "judge": judge, "lengths": cards.lengths(pairs),
+            "calibration": _calibration(Path(run_dir), judge.get("judge_id")), "pairs": pairs.height}
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        _dataset(pairs, tmp / "dataset")
+        write_text(tmp / "dataset" / "README.md", cards.dataset_card(info))
+        models = _adapter(rdir, tmp, info)
+        write_json(tmp / "export.json", {"stage": "export", "run_dir": str(run_dir), "round": info["round"],
+                                         "pairs": pairs.height, "dataset": "dataset", **models})
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"export: round {info['round']}: {pairs.height} pairs -> {out / 'dataset'}"
+          + (f"; adapter -> {out / 'adapter'}" if models.get("adapter") else f"; {models['why']}"))
+    return out
