@@ -7,9 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from rlaif.evaluate.metrics import (bootstrap_ci, implicit_reward_accuracy, invalid_rate, lc_win_rate, length_hacking,
-                                    outcomes, pair_counts, position_consistency, summarize, win_rate)
+from rlaif.evaluate.metrics import (bootstrap_ci, implicit_reward_accuracy, invalid_rate, lc_summary, lc_win_rate,
+                                    length_hacking, outcomes, pair_counts, position_consistency, summarize, win_rate)
 from rlaif.evaluate.report import write_report
+from rlaif.stats import LENGTH_L2, length_feature, logistic_fit
 
 
 def _sigmoid(z):
@@ -55,32 +56,136 @@ def test_truly_better_policy_both_high():
     assert win_rate(out["y"]) > 0.7 and lc > 0.7, (win_rate(out["y"]), lc)
 
 
-def _irls_weighted(x, y, w, iters=100):
-    """Independent IRLS: binary targets with case weights (the textbook form of fractional targets)."""
+def _irls_weighted(x, y, w, l2=0.0, iters=100):
+    """Independent IRLS: binary targets with case weights (the textbook form of fractional targets),
+    the slope penalised by l2 / 2 * b1^2 (penalised normal equations (X'WX + P) b = X'Wz)."""
     X = np.column_stack([np.ones_like(x), x])
+    P = np.diag([0.0, l2])
     b = np.zeros(2)
     for _ in range(iters):
         p = _sigmoid(X @ b)
         W = w * p * (1 - p)
         z = X @ b + (y - p) / np.maximum(p * (1 - p), 1e-12)
-        b_new = np.linalg.solve(X.T @ (X * W[:, None]), X.T @ (W * z))
+        b_new = np.linalg.solve(X.T @ (X * W[:, None]) + P, X.T @ (W * z))
         if np.abs(b_new - b).max() < 1e-12:
             return b_new
         b = b_new
     return b
 
 
-def test_lc_matches_independent_irls():
+def _alpaca_feature(d):
+    """AlpacaEval 2's length feature written out: tanh(diff / sample sd) (pandas .std(), ddof=1)."""
+    return np.tanh(d / np.sqrt(np.sum((d - d.mean()) ** 2) / (d.size - 1)))
+
+
+@pytest.mark.parametrize("l2", [0.0, LENGTH_L2, 5.0])
+def test_lc_matches_independent_irls(l2):
     out = _synthetic(1500, b0=0.4, b1=1.0, policy_shift=60, seed=3)
     y = out["y"].to_numpy()
     assert (y == 0.5).any()  # the split-orders case is exercised
     d = (out["len_policy"] - out["len_sft"]).to_numpy().astype(float)
-    x = np.tanh(d / np.sqrt(np.mean((d - d.mean()) ** 2)))
-    # A half outcome is one win and one loss at weight 1/2 each.
+    x = _alpaca_feature(d)
+    # A half outcome is one win and one loss at weight 1/2 each: the duplication AlpacaEval 2's
+    # fit_LogisticRegressionCV does for probabilistic preferences (tatsu-lab/alpaca_eval glm_winrate.py).
     xx, yy, ww = np.concatenate([x, x]), np.concatenate([np.ones_like(y), np.zeros_like(y)]), np.concatenate([y, 1 - y])
-    b0, b1 = _irls_weighted(xx, yy, ww)
-    lc, coef = lc_win_rate(y, out["len_policy"], out["len_sft"])
-    assert abs(lc - _sigmoid(b0)) < 0.005 and abs(coef - b1) < 1e-3
+    b0, b1 = _irls_weighted(xx, yy, ww, l2)
+    b0_, b1_ = logistic_fit(length_feature(d), y, l2=l2)
+    assert abs(b0_ - b0) < 1e-6 and abs(b1_ - b1) < 1e-6
+    if l2 == LENGTH_L2:  # the default that LC uses
+        lc, coef = lc_win_rate(y, out["len_policy"], out["len_sft"])
+        assert abs(lc - _sigmoid(b0)) < 1e-6 and abs(coef - b1) < 1e-6
+
+
+def _split_orders(p, rng):
+    """y from two judge calls (both orders) that the policy wins with probability p each."""
+    a, b = rng.random(p.size) < p, rng.random(p.size) < p
+    return np.where(a & b, 1.0, np.where(~a & ~b, 0.0, 0.5))
+
+
+def _degenerate_short(seed=6, n=400):
+    """A policy answering every prompt in one short line (6-14 tokens vs SFT's ~200): wins ~3%."""
+    rng = np.random.default_rng(seed)
+    ls = rng.normal(200, 40, n).clip(20).round()
+    return _split_orders(np.full(n, 0.04), rng), rng.integers(6, 15, n).astype(float), ls
+
+
+def _very_long(seed=6, n=400):
+    """A policy answering 3-5 times longer than SFT, which the judge prefers 92% of the time."""
+    rng = np.random.default_rng(seed)
+    ls = rng.normal(200, 40, n).clip(20).round()
+    return _split_orders(np.full(n, 0.92), rng), (ls * rng.uniform(3, 5, n)).round(), ls
+
+
+def _two_informative():
+    """The quickstart's shape: 16 prompts, 14 identical answers (ties at zero difference), and two
+    decided: the longer policy answer lost, the shorter one won."""
+    ls, lp, y = np.full(16, 98.0), np.full(16, 98.0), np.full(16, 0.5)
+    lp[14], lp[15], y[14], y[15] = 118.0, 90.0, 0.0, 1.0
+    return y, lp, ls
+
+
+# LC of these cases with the unpenalised fit this replaced: degenerate short 1.000 (raw 0.030,
+# slope 56.7), very long 0.000 (raw 0.924, slope 14.1), two informative 0.500 (slope -12.7).
+def test_lc_degenerate_short_policy_stays_near_raw_and_is_refused():
+    y, lp, ls = _degenerate_short()
+    lc, coef = lc_win_rate(y, lp, ls)
+    assert y.mean() < 0.05 and abs(lc - y.mean()) < 0.02 and abs(coef) < 1, (y.mean(), lc, coef)
+    s = lc_summary(y, lp, ls, np.arange(y.size), n_boot=200)
+    assert s["lc_win_rate"] is None and s["lc_win_rate_ci"] == [None, None]
+    assert s["lc_status"] == "lopsided_lengths" and "0% of outcomes near equal length" in s["lc_reason"], s
+
+
+def test_lc_very_long_policy_stays_near_raw_and_is_refused():
+    y, lp, ls = _very_long()
+    lc, coef = lc_win_rate(y, lp, ls)
+    assert y.mean() > 0.9 and abs(lc - y.mean()) < 0.05 and abs(coef) < 1, (y.mean(), lc, coef)
+    s = lc_summary(y, lp, ls, np.arange(y.size), n_boot=200)
+    assert s["lc_win_rate"] is None and s["lc_status"] == "lopsided_lengths" and "+" in s["lc_reason"], s
+
+
+def test_lc_two_informative_outcomes_is_null_with_reason():
+    y, lp, ls = _two_informative()
+    lc, coef = lc_win_rate(y, lp, ls)
+    assert abs(coef) < 3 and abs(lc - 0.5) < 0.02, (lc, coef)  # was -12.7: a runaway slope
+    s = lc_summary(y, lp, ls, np.arange(16))
+    assert s == {"lc_win_rate": None, "lc_win_rate_ci": [None, None], "length_coef": pytest.approx(coef),
+                 "lc_status": "too_few_decisive", "lc_reason": "2 decisive outcomes of 16, need 10"}
+    none = lc_summary(y, np.full(16, np.nan), ls, np.arange(16))
+    assert none["lc_status"] == "no_lengths" and none["length_coef"] is None
+
+
+def _grouped(seed, n_prompts=120):
+    """Two answers per prompt (groups), a judge with known quality 0.4 logits and length slope 1.5."""
+    rng = np.random.default_rng(seed)
+    ls = rng.normal(200, 60, 2 * n_prompts).clip(10).round()
+    lp = (ls + rng.normal(40, 80, ls.size)).clip(5).round()
+    d = lp - ls
+    y = _split_orders(_sigmoid(0.4 + 1.5 * np.tanh(d / d.std(ddof=1))), rng)
+    return y, lp, ls, np.repeat(np.arange(n_prompts), 2)
+
+
+def test_lc_bootstrap_matches_a_plain_resampling_loop():
+    y, lp, ls, groups = _grouped(5)
+    s = lc_summary(y, lp, ls, groups, n_boot=300, seed=7)
+    assert s["lc_status"] == "ok" and s["lc_win_rate_ci"][0] < s["lc_win_rate"] < s["lc_win_rate_ci"][1]
+    # Independently: the same prompt draws, each resample built row by row and refitted from scratch.
+    rng, n_groups, lcs = np.random.default_rng(7), groups.max() + 1, []
+    for start in range(0, 300, 256):
+        for drawn in rng.integers(0, n_groups, size=(min(256, 300 - start), n_groups)):
+            rows = np.concatenate([np.flatnonzero(groups == k) for k in drawn])
+            lcs.append(lc_win_rate(y[rows], lp[rows], ls[rows])[0])
+    assert s["lc_win_rate_ci"] == pytest.approx(list(np.quantile(lcs, [0.025, 0.975])), abs=1e-9)
+    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=7) == s
+    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=8)["lc_win_rate_ci"] != s["lc_win_rate_ci"]
+
+
+def test_lc_bootstrap_coverage():
+    true, hits = _sigmoid(0.4), 0  # the judge's win rate at zero length difference
+    for rep in range(100):
+        y, lp, ls, groups = _grouped(100 + rep, n_prompts=100)
+        lo, hi = lc_summary(y, lp, ls, groups, n_boot=300, seed=rep)["lc_win_rate_ci"]
+        hits += lo <= true <= hi
+    assert 0.90 <= hits / 100 <= 0.99, hits
 
 
 def test_bootstrap_ci_coverage():
@@ -140,6 +245,8 @@ def test_summarize_contract():
               "reward_accuracy"):
         assert k in s, k
     assert s["win_rate"] == pytest.approx(0.5) and s["n_comparisons"] == 4 and s["n_invalid_excluded"] == 1
+    assert s["lc_win_rate"] is None and s["lc_win_rate_ci"] == [None, None]  # q1 and q6 decided, q2 and q4 tied
+    assert s["lc_status"] == "too_few_decisive" and s["lc_reason"] == "2 decisive outcomes of 4, need 10"
     assert s["policy_mean_tokens"] == pytest.approx(np.mean([10, 20, 30, 40, 50, 60]))  # invalid q3 still counts
     json.dumps(s)  # eval.json-ready: plain floats, no NaN objects
     empty = summarize(j.head(0), pol, tokens)
@@ -156,6 +263,24 @@ def test_length_hacking_both_ways():
     assert length_hacking(prev, {"policy_mean_tokens": 260.0, "lc_win_rate": 0.60}, 0.2) is None  # quality rose too
     assert length_hacking(prev, {"policy_mean_tokens": 230.0, "lc_win_rate": 0.50}, 0.2) is None  # grew 15% only
     assert length_hacking(prev, {"policy_mean_tokens": None, "lc_win_rate": 0.5}, 0.2) is None
+
+
+def test_length_hacking_with_a_null_lc():
+    prev = {"policy_mean_tokens": 200.0, "lc_win_rate": 0.55, "lc_status": "ok"}
+    lopsided = {"lc_win_rate": None, "lc_status": "lopsided_lengths", "sft_mean_tokens": 200.0,
+                "lc_reason": "lengths lopsided: 2% of outcomes near equal length, need 10%; difference +640 ± 90 tokens"}
+    # Grown past the limit and so much longer than SFT that LC cannot be computed: the stop fires.
+    msg = length_hacking(prev, {**lopsided, "policy_mean_tokens": 840.0}, 0.2)
+    assert msg.startswith("length hacking: policy answers grew 320%") and "cannot show quality rose" in msg
+    assert "+640 ± 90 tokens" in msg
+    assert length_hacking(prev, {**lopsided, "policy_mean_tokens": 230.0}, 0.2) is None  # grew 15% only
+    short = {**lopsided, "sft_mean_tokens": 900.0, "policy_mean_tokens": 260.0}  # lopsidedly shorter, growing
+    assert length_hacking(prev, short, 0.2) is None
+    few = {"policy_mean_tokens": 400.0, "lc_win_rate": None, "lc_status": "too_few_decisive", "lc_reason": "3 ..."}
+    assert length_hacking(prev, few, 0.2) is None  # no evidence either way: cannot tell
+    assert length_hacking({**prev, "lc_win_rate": None, "lc_status": "lopsided_lengths"},
+                          {"policy_mean_tokens": 400.0, "lc_win_rate": 0.5, "lc_status": "ok"}, 0.2) is None
+    assert length_hacking(prev, {"policy_mean_tokens": 400.0, "lc_win_rate": None}, 0.2) is None  # older eval.json
 
 
 def _fake_round(rdir, k, win, lc, pol_len, seed):
@@ -194,6 +319,20 @@ def test_write_report_fake_run(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
         assert mpimg.imread(png).std() > 0, name
         assert f"]({name})" in text
+
+
+def test_write_report_lc_interval_and_null_lc(tmp_path):
+    e = {"win_rate": 0.6, "win_rate_ci": [0.52, 0.68], "lc_win_rate": 0.55, "lc_win_rate_ci": [0.47, 0.63],
+         "lc_status": "ok", "lc_reason": None, "policy_mean_tokens": 100.0, "sft_mean_tokens": 98.0}
+    null = {**e, "win_rate": 0.5, "win_rate_ci": [0.41, 0.59], "lc_win_rate": None, "lc_win_rate_ci": [None, None],
+            "lc_status": "too_few_decisive", "lc_reason": "2 decisive outcomes of 16, need 10"}
+    for k, ev in ((0, e), (1, null)):
+        (tmp_path / f"round-{k}" / "eval").mkdir(parents=True)
+        (tmp_path / f"round-{k}" / "eval" / "eval.json").write_text(json.dumps(ev))
+    text = write_report(tmp_path).read_text()
+    first = text.splitlines()[0]
+    assert "(LC n/a: 2 decisive outcomes of 16, need 10, 95% CI 41–59%)" in first, first
+    assert "| 55% (47–63) |" in text and "| n/a: 2 decisive outcomes of 16, need 10 |" in text
 
 
 def test_write_report_no_eval(tmp_path):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import polars as pl
 
-from rlaif.stats import length_feature, logistic_fit
+from rlaif.stats import lc_bootstrap_ci, length_feature, length_fit_status, logistic_fit
 
 C = pl.col
 
@@ -96,23 +96,46 @@ def bootstrap_ci(y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, grou
     return float(lo), float(hi)
 
 
+def _lc_rows(y, len_policy, len_sft) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, lp, ls = (np.asarray(a, dtype=float) for a in (y, len_policy, len_sft))
+    ok = np.isfinite(y) & np.isfinite(lp) & np.isfinite(ls)
+    return y[ok], lp[ok] - ls[ok], ok
+
+
 def lc_win_rate(y, len_policy, len_sft) -> tuple[float, float]:
-    """(length-controlled win rate in [0, 1], length coefficient).
+    """(length-controlled win rate in [0, 1], length coefficient): the fit, whether or not it means
+    anything (lc_summary decides that).
 
     The length term of AlpacaEval 2's GLM (Dubois et al. 2024, "Length-Controlled AlpacaEval: A
     Simple Way to Debias Automatic Evaluators"): logit P(policy wins) = b0 + b1 * tanh(diff / sd(diff)),
-    and the win rate the judge would give at zero length difference, sigmoid(b0). Their
-    instruction-difficulty term needs their per-instruction data, and their regularisation guards
-    a public leaderboard against gaming; neither applies to one run. Half outcomes (ties) are fitted
-    as fractional targets: the Bernoulli log-likelihood stays concave for y in [0, 1], and
-    rlaif.stats.logistic_fit's Newton step uses y only through X'(y - p), so it takes them as is.
-    Rows with a missing length are left out."""
-    y, lp, ls = (np.asarray(a, dtype=float) for a in (y, len_policy, len_sft))
-    ok = np.isfinite(y) & np.isfinite(lp) & np.isfinite(ls)
-    if not ok.any():
+    and the win rate the judge would give at zero length difference, sigmoid(b0). The slope is
+    L2-penalised (rlaif.stats.LENGTH_L2 says how strongly and why) in place of their cross-validated
+    penalty and gamed-baseline regulariser; their instruction-difficulty term needs per-instruction
+    data from many models and does not apply to one run. Half outcomes (ties) are fitted as
+    fractional targets, as their fit_LogisticRegressionCV does (a row per label, weighted by the
+    preference). Rows with a missing length are left out."""
+    y, diff, _ = _lc_rows(y, len_policy, len_sft)
+    if not y.size:
         raise ValueError("lc_win_rate: no outcome with both lengths known")
-    b0, b1 = logistic_fit(length_feature(lp[ok] - ls[ok]), y[ok])
+    b0, b1 = logistic_fit(length_feature(diff), y)
     return float(1 / (1 + np.exp(-b0))), b1
+
+
+def lc_summary(y, len_policy, len_sft, groups, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The eval.json LC fields: lc_win_rate and lc_win_rate_ci, or nulls when the figure would mean
+    nothing, with lc_status ("ok", "no_lengths", "too_few_decisive", "lopsided_lengths") and
+    lc_reason (None when ok); length_coef is the fitted slope whenever there is a fit."""
+    y, diff, ok = _lc_rows(y, len_policy, len_sft)
+    res = {"lc_win_rate": None, "lc_win_rate_ci": [None, None], "length_coef": None}
+    if not y.size:
+        return {**res, "lc_status": "no_lengths", "lc_reason": "no judged outcome with both lengths known"}
+    b0, b1 = logistic_fit(length_feature(diff), y)
+    res["length_coef"] = _num(b1)
+    status, reason = length_fit_status(y, diff)
+    if status == "ok":
+        res["lc_win_rate"] = _num(1 / (1 + np.exp(-b0)))
+        res["lc_win_rate_ci"] = list(lc_bootstrap_ci(y, diff, np.asarray(groups)[ok], n_boot, seed))
+    return {**res, "lc_status": status, "lc_reason": reason}
 
 
 def position_consistency(judgments: pl.DataFrame) -> float | None:
@@ -183,10 +206,10 @@ def summarize_outcomes(out: pl.DataFrame, policy_tokens, sft_tokens, n_boot: int
     Lengths are over every policy / SFT answer given (not only the validly judged ones), so
     excluding invalid verdicts cannot hide length drift."""
     y = out["y"].to_numpy() if out.height else np.array([])
-    lc, coef = lc_win_rate(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy()) if out.height else (None, None)
     lo, hi = bootstrap_ci(y, n_boot, seed, groups=out["prompt_id"].to_numpy()) if out.height else (None, None)
     res = {"win_rate": _num(win_rate(y)) if out.height else None, "win_rate_ci": [_num(lo), _num(hi)],
-           "lc_win_rate": _num(lc), "length_coef": _num(coef), "n_comparisons": out.height}
+           **lc_summary(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy(), out["prompt_id"].to_numpy(),
+                        n_boot, seed), "n_comparisons": out.height}
     for side, s in (("policy", policy_tokens), ("sft", sft_tokens)):
         s = pl.Series(s, dtype=pl.Float64).drop_nulls()
         res[f"{side}_mean_tokens"] = _num(s.mean()) if s.len() else None
@@ -214,13 +237,29 @@ def summarize(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series, to
 def length_hacking(prev: dict, cur: dict, max_growth: float) -> str | None:
     """The early-stop rule: policy answers grew by more than `max_growth` (a share: 0.2 = 20%)
     since the previous evaluation while the length-controlled win rate did not rise, i.e. the judge
-    is being paid in length rather than quality. None when the rule does not fire or cannot tell."""
+    is being paid in length rather than quality. None when the rule does not fire or cannot tell.
+
+    A null LC (eval.json lc_status): when this round's answers grew past the limit and are so much
+    longer than SFT's that LC cannot be computed ("lopsided_lengths"), the rule fires: nothing
+    shows that quality rose, and a policy that runs away in length is what the stop is for. Any
+    other null LC (too few decisive outcomes in either round, a lopsided previous round, or
+    lopsidedly shorter answers) cannot tell, and the rule does not fire."""
     m0, m1 = prev.get("policy_mean_tokens"), cur.get("policy_mean_tokens")
     l0, l1 = prev.get("lc_win_rate"), cur.get("lc_win_rate")
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (m0, m1, l0, l1)) or m0 <= 0:
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (m0, m1)) or m0 <= 0:
         return None  # a round without a (readable) evaluation cannot trigger a stop
     growth = m1 / m0 - 1
-    if growth > max_growth and l1 <= l0:
+    if growth <= max_growth:
+        return None
+    sft = cur.get("sft_mean_tokens")
+    longer = not (isinstance(sft, (int, float)) and np.isfinite(sft)) or m1 > sft
+    if l1 is None and cur.get("lc_status") == "lopsided_lengths" and longer:
+        return (f"length hacking: policy answers grew {growth:.0%} ({m0:.0f} -> {m1:.0f} tokens, limit "
+                f"{max_growth:.0%}) and the length-controlled win rate cannot show quality rose "
+                f"({cur.get('lc_reason')})")
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (l0, l1)):
+        return None
+    if l1 <= l0:
         return (f"length hacking: policy answers grew {growth:.0%} ({m0:.0f} -> {m1:.0f} tokens, limit "
                 f"{max_growth:.0%}) while the length-controlled win rate did not rise ({l0:.1%} -> {l1:.1%})")
     return None

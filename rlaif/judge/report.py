@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from rlaif.stats import length_feature, logistic_fit
+from rlaif.stats import length_feature, length_fit_status, logistic_fit
 
 
 def _rate(mask: pl.Series) -> float | None:
@@ -27,12 +27,13 @@ def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
          .join(tokens.rename({"candidate_id": "b_id", "num_tokens": "len_b"}), on="b_id"))
     unequal = d.filter(pl.col("len_a") != pl.col("len_b"))
     longer_won = (pl.col("len_a") > pl.col("len_b")) == (pl.col("verdict") == "a")
-    coef = None
-    if d.height >= 4 and d["verdict"].n_unique() == 2:
-        x = length_feature((d["len_a"] - d["len_b"]).to_numpy().astype(float))
-        coef = logistic_fit(x, (d["verdict"] == "a").to_numpy())[1]
+    # The same penalised fit and the same refusals as evaluation's LC (rlaif.stats): slot a's win on
+    # tanh(standardised len_a - len_b); None, with the reason, on too few calls or lopsided lengths.
+    diff, won = (d["len_a"] - d["len_b"]).to_numpy().astype(float), (d["verdict"] == "a").to_numpy().astype(float)
+    status, reason = length_fit_status(won, diff)
+    coef = logistic_fit(length_feature(diff), won)[1] if status == "ok" else None
     return {"longer_wins_rate": _rate(unequal.select(longer_won).to_series()), "length_coef": coef,
-            "decisive_calls": d.height}
+            "length_coef_reason": reason, "decisive_calls": d.height}
 
 
 def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, js, identical_skipped: int,
