@@ -154,40 +154,6 @@ def test_lc_two_informative_outcomes_is_null_with_reason():
     assert none["lc_status"] == "no_lengths" and none["length_coef"] is None
 
 
-def _grouped(seed, n_prompts=120):
-    """Two answers per prompt (groups), a judge with known quality 0.4 logits and length slope 1.5."""
-    rng = np.random.default_rng(seed)
-    ls = rng.normal(200, 60, 2 * n_prompts).clip(10).round()
-    lp = (ls + rng.normal(40, 80, ls.size)).clip(5).round()
-    d = lp - ls
-    y = _split_orders(_sigmoid(0.4 + 1.5 * np.tanh(d / d.std(ddof=1))), rng)
-    return y, lp, ls, np.repeat(np.arange(n_prompts), 2)
-
-
-def test_lc_bootstrap_matches_a_plain_resampling_loop():
-    y, lp, ls, groups = _grouped(5)
-    s = lc_summary(y, lp, ls, groups, n_boot=300, seed=7)
-    assert s["lc_status"] == "ok" and s["lc_win_rate_ci"][0] < s["lc_win_rate"] < s["lc_win_rate_ci"][1]
-    # Independently: the same prompt draws, each resample built row by row and refitted from scratch.
-    rng, n_groups, lcs = np.random.default_rng(7), groups.max() + 1, []
-    for start in range(0, 300, 256):
-        for drawn in rng.integers(0, n_groups, size=(min(256, 300 - start), n_groups)):
-            rows = np.concatenate([np.flatnonzero(groups == k) for k in drawn])
-            lcs.append(lc_win_rate(y[rows], lp[rows], ls[rows])[0])
-    assert s["lc_win_rate_ci"] == pytest.approx(list(np.quantile(lcs, [0.025, 0.975])), abs=1e-9)
-    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=7) == s
-    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=8)["lc_win_rate_ci"] != s["lc_win_rate_ci"]
-
-
-def test_lc_bootstrap_coverage():
-    true, hits = _sigmoid(0.4), 0  # the judge's win rate at zero length difference
-    for rep in range(100):
-        y, lp, ls, groups = _grouped(100 + rep, n_prompts=100)
-        lo, hi = lc_summary(y, lp, ls, groups, n_boot=300, seed=rep)["lc_win_rate_ci"]
-        hits += lo <= true <= hi
-    assert 0.90 <= hits / 100 <= 0.99, hits
-
-
 def test_bootstrap_ci_coverage():
     rng = np.random.default_rng(1)
     true = 0.6  # P(1)=0.5, P(0.5)=0.2, P(0)=0.3

@@ -1,10 +1,11 @@
-"""rlaif.stats: the penalised length fit against brute force, its refusal rules, and the judge audit's use of it."""
+"""rlaif.stats: the penalised length fit against brute force, its refusal rules, its bootstrap interval, and the judge audit's use of it."""
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 import pytest
 
+from rlaif.evaluate.metrics import lc_summary, lc_win_rate
 from rlaif.judge.report import length_stats
 from rlaif.stats import (LENGTH_L2, MIN_DECISIVE, length_feature, length_fit_status, logistic_fit,
                          logistic_fit_batch)
@@ -85,6 +86,41 @@ def test_status_thresholds():
         assert length_fit_status(np.tile([0.0, 1.0], 50), d)[0] == want, near
     status, reason = length_fit_status(np.tile([0.0, 1.0], 20), np.full(40, 25.0))  # all equally longer
     assert status == "lopsided_lengths" and "difference +25 ± 0 tokens" in reason
+
+
+def _grouped(seed, n_prompts=120):
+    """Two answers per prompt (groups), a judge with known quality 0.4 logits and length slope 1.5."""
+    rng = np.random.default_rng(seed)
+    ls = rng.normal(200, 60, 2 * n_prompts).clip(10).round()
+    lp = (ls + rng.normal(40, 80, ls.size)).clip(5).round()
+    d = lp - ls
+    p = 1 / (1 + np.exp(-(0.4 + 1.5 * np.tanh(d / d.std(ddof=1)))))
+    a, b = rng.random(p.size) < p, rng.random(p.size) < p  # both orders
+    return np.where(a & b, 1.0, np.where(~a & ~b, 0.0, 0.5)), lp, ls, np.repeat(np.arange(n_prompts), 2)
+
+
+def test_lc_bootstrap_matches_a_plain_resampling_loop():
+    y, lp, ls, groups = _grouped(5)
+    s = lc_summary(y, lp, ls, groups, n_boot=300, seed=7)
+    assert s["lc_status"] == "ok" and s["lc_win_rate_ci"][0] < s["lc_win_rate"] < s["lc_win_rate_ci"][1]
+    # Independently: the same prompt draws, each resample built row by row and refitted from scratch.
+    rng, n_groups, lcs = np.random.default_rng(7), groups.max() + 1, []
+    for start in range(0, 300, 256):
+        for drawn in rng.integers(0, n_groups, size=(min(256, 300 - start), n_groups)):
+            rows = np.concatenate([np.flatnonzero(groups == k) for k in drawn])
+            lcs.append(lc_win_rate(y[rows], lp[rows], ls[rows])[0])
+    assert s["lc_win_rate_ci"] == pytest.approx(list(np.quantile(lcs, [0.025, 0.975])), abs=1e-9)
+    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=7) == s
+    assert lc_summary(y, lp, ls, groups, n_boot=300, seed=8)["lc_win_rate_ci"] != s["lc_win_rate_ci"]
+
+
+def test_lc_bootstrap_coverage():
+    true, hits = 1 / (1 + np.exp(-0.4)), 0  # the judge's win rate at zero length difference
+    for rep in range(100):
+        y, lp, ls, groups = _grouped(100 + rep, n_prompts=100)
+        lo, hi = lc_summary(y, lp, ls, groups, n_boot=300, seed=rep)["lc_win_rate_ci"]
+        hits += lo <= true <= hi
+    assert 0.90 <= hits / 100 <= 0.99, hits
 
 
 def _audit(diffs, longer_wins):
