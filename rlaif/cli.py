@@ -176,12 +176,16 @@ def _calibrate_parser(sub, fmt) -> None:
 
 def _export_parser(sub, fmt) -> None:
     ep = sub.add_parser("export", formatter_class=fmt, epilog=EXPORT_EPILOG,
+                        usage="rlaif export RUN_DIR --out DIR [round=K]",
                         help="a round's pairs as a Hugging Face dataset, and its adapter, each with a card",
                         description="Export round K's kept pairs (a Hugging Face dataset folder with TRL's "
                                     "columns) and its adapter, each with a card, for the ecosystem.")
     ep.add_argument("run_dir", metavar="RUN_DIR")
-    ep.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if an earlier export)")
     ep.add_argument("round", nargs="?", metavar="round=K", help="the round (default: the last with pairs)")
+    # argparse matches positionals before the first option, so `RUN_DIR --out DIR round=K` would leave
+    # round=K unmatched: --out takes it along and _export sorts it out.
+    ep.add_argument("--out", required=True, nargs="+", metavar="DIR",
+                    help="folder to write (an earlier export there is replaced)")
 
 
 def _calibrate(args) -> int:
@@ -201,14 +205,14 @@ def _calibrate(args) -> int:
 
 def _export(args) -> int:
     k = None
-    if args.round is not None:
-        key, _, value = args.round.partition("=")
-        if key != "round" or not value.isdigit():
-            raise UserError(f"rlaif export: {args.round!r}: expected round=K, e.g. round=0")
+    for item in args.out[1:] + ([args.round] if args.round else []):
+        key, _, value = item.partition("=")
+        if key != "round" or not value.isdigit() or k is not None:
+            raise UserError(f"rlaif export: {item!r}: expected one round=K, e.g. round=0")
         k = int(value)
     from rlaif.train.export import export
 
-    out = export(Path(args.run_dir), Path(args.out), k)
+    out = export(Path(args.run_dir), Path(args.out[0]), k)
     print(f"rlaif export: done -> {out}")
     return 0
 

@@ -1,0 +1,135 @@
+"""`rlaif export`: a round's kept pairs as a Hugging Face dataset folder (TRL columns beside rlaif's),
+its adapter, each with a card; TRL's DPOTrainer trains a step straight from the exported folder."""
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import finished_adapter, rlaif_cli
+from rlaif.errors import UserError
+from rlaif.io import PAIRS_SCHEMA, write_json, write_parquet
+from rlaif.train.export import export
+
+JUDGE = {"judge_model": "fake-judge", "judge_id": "abc123def456", "backend": "openai", "mode": "pairwise",
+         "identity": {"backend": "openai", "model": "fake-judge", "endpoint": "http://127.0.0.1:9/v1"},
+         "rubric": {"sha256": "0f0f0f0f0f0f", "first_line": "Prefer numbered steps.", "source": "inline"},
+         "position_consistency": 0.9, "longer_wins_rate": 0.6, "invalid_rate": 0.0, "self_judging": False}
+CARD = {"stage": "filter", "round": 0, "comparisons_in": 9, "kept": 4,
+        "removed": {"invalid": 1, "tie": 2, "inconsistent": 1, "truncated": 1, "empty": 0}, "config": {"min_margin": 0}}
+
+
+def pairs(n: int, k: int) -> pl.DataFrame:
+    return pl.DataFrame([{
+        "prompt_id": f"p{i}", "messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": f"What is {i} plus {i}?"}],
+        "chosen": f"{i} plus {i} is {2 * i}.", "rejected": f"No idea, maybe {i + 7}?", "chosen_id": f"p{i}-c0",
+        "rejected_id": f"p{i}-c1", "margin": 0.5 + i / 10, "consistent": True, "chosen_tokens": 8 + i,
+        "rejected_tokens": 6, "round": k} for i in range(n)], schema=PAIRS_SCHEMA)
+
+
+def write_round(run, k: int, n: int = 4):
+    rdir = run / f"round-{k}"
+    write_parquet(rdir / "pairs.parquet", pairs(n, k), PAIRS_SCHEMA)
+    write_json(rdir / "pairs.card.json", {**CARD, "round": k, "kept": n})
+    write_json(rdir / "judge-report.json", JUDGE)
+    return rdir
+
+
+def front_matter(path) -> dict:
+    text = path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def run(tmp_path, tiny_model):
+    run = tmp_path / "run"
+    write_round(run, 0)
+    finished_adapter(run, 0, tiny_model, seed=1)
+    write_json(run / "calibration" / "judge-abc123def456-pairwise-v2-0123456789.json",
+               {"n": 12, "agreement": 0.75, "cohen_kappa": 0.6, "judge_id": "abc123def456"})
+    return run
+
+
+def test_export_then_one_dpo_step_from_the_folder(run, tmp_path, tiny_model):
+    out = tmp_path / "exp"
+    res = rlaif_cli("export", str(run), "--out", str(out), "round=0")
+    assert res.returncode == 0, res.stderr
+    import datasets
+
+    ds = datasets.load_from_disk(str(out / "dataset"))
+    assert ds.num_rows == 4
+    row = ds[1]
+    # TRL's conversational preference format with an explicit prompt, beside rlaif's columns
+    assert row["prompt"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1 plus 1?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "1 plus 1 is 2."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "No idea, maybe 8?"}]
+    assert (row["prompt_id"], row["chosen_id"], row["margin"], row["chosen_tokens"]) == ("p1", "p1-c0", 0.6, 9)
+    from trl.data_utils import is_conversational
+
+    assert is_conversational(row) and "messages" not in ds.column_names
+    # the dataset card: Hub metadata plus judge, rubric, funnel, counts, lengths, calibration
+    from huggingface_hub import DatasetCard, ModelCard
+
+    meta = DatasetCard.load(out / "dataset" / "README.md").data.to_dict()
+    r = meta["rlaif"]
+    assert "dpo" in meta["tags"] and meta["size_categories"] == ["n<1K"] and r["pairs"] == 4
+    assert r["judge"]["judge_id"] == "abc123def456" and r["judge"]["rubric"]["first_line"] == "Prefer numbered steps."
+    assert r["filter"]["removed"]["tie"] == 2 and r["filter"]["comparisons_in"] == 9
+    assert r["lengths"]["chosen_tokens_mean"] == 9.5 and r["lengths"]["chosen_longer_share"] == 1.0
+    assert r["calibration"]["agreement"] == 0.75 and r["calibration"]["same_judge"] is True
+    # the adapter, with a model card; PEFT's pickle of the training arguments is never shared
+    card = ModelCard.load(out / "adapter" / "README.md").data.to_dict()
+    assert card["library_name"] == "peft" and card["rlaif"]["round"] == 0 and card["rlaif"]["steps"] == 1
+    assert (out / "adapter" / "adapter_model.safetensors").exists() and not (out / "merged").exists()
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["adapter"] == "adapter" and manifest["pairs"] == 4
+    # one DPO step straight from the exported folder, continuing the exported adapter
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(out / "adapter"),
+                                      is_trainable=True)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2, bf16=False,
+                     gradient_checkpointing=False, max_length=128, logging_steps=1, save_strategy="no",
+                     report_to=[], disable_tqdm=True)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.load_from_disk(str(out / "dataset")),
+                         processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 1 and math.isfinite(result.training_loss)
+
+
+def test_unfinished_training_exports_no_adapter_and_a_rerun_replaces(run, tmp_path):
+    write_round(run, 1, n=2)
+    (run / "round-1" / "train" / "adapter").mkdir(parents=True)  # a kill mid-training: no train.manifest.json
+    out = tmp_path / "exp"
+    export(run, out)  # default: the last round with pairs
+    m = json.loads((out / "export.json").read_text())
+    assert m["round"] == 1 and m["adapter"] is None and "train.manifest.json missing" in m["why"]
+    assert not (out / "adapter").exists()
+    assert front_matter(out / "dataset" / "README.md")["rlaif"]["pairs"] == 2
+    export(run, out, 0)  # an earlier export is replaced whole
+    assert json.loads((out / "export.json").read_text())["round"] == 0 and (out / "adapter").is_dir()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")] == []  # nothing left aside
+
+
+def test_export_errors_are_one_line(run, tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists and is not an rlaif export"):
+        export(run, other, 0)
+    assert (other / "notes.txt").read_text() == "keep me"
+    with pytest.raises(UserError, match=r"round-5: no pairs.parquet"):
+        export(run, tmp_path / "x", 5)
+    write_parquet(run / "round-2" / "pairs.parquet", pairs(0, 2), PAIRS_SCHEMA)
+    with pytest.raises(UserError, match="no kept pairs to export"):
+        export(run, tmp_path / "x", 2)
+    res = rlaif_cli("export", str(run), "--out", str(tmp_path / "x"), "rnd=1")
+    assert res.returncode == 2 and "expected one round=K" in res.stderr and len(res.stderr.strip().splitlines()) == 1
