@@ -226,8 +226,9 @@ def run(cfg: RunConfig) -> Path:
     if prev is not None:
         out_p, vs_prev = compare(cfg, groups["previous"], judgments["previous"], tokens)
         write_parquet(edir / "outcomes-vs-previous.parquet", out_p)
-        vs_prev = {key: vs_prev[key] for key in ("win_rate", "win_rate_ci", "lc_win_rate", "length_coef",
-                                                 "n_comparisons", "n_identical", "position_consistency")}
+        vs_prev = {key: vs_prev.get(key) for key in ("win_rate", "win_rate_ci", "lc_win_rate", "lc_win_rate_ci",
+                                                     "lc_status", "lc_reason", "length_coef", "n_comparisons",
+                                                     "n_identical", "position_consistency")}
     ra = reward_accuracy(cfg, k)
     result = {"round": k, **res, **(ra or {}), "checks": checks, "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
               "judge_model": model, "heldout_prompts": cfg.evaluate.prompts,

@@ -135,7 +135,8 @@ def print_report(r: dict) -> None:
             ("calls per prompt", fmt(r["calls_per_prompt"])), ("cost USD", f"{r['cost_usd']:.4f}"),
             ("position consistency", fmt(r["position_consistency"])), ("first-slot win rate", fmt(r["first_slot_win_rate"])),
             ("invalid rate", fmt(r["invalid_rate"])), ("longer-wins rate", fmt(r["longer_wins_rate"])),
-            ("length coefficient", fmt(r["length_coef"])), ("self-judging", str(r["self_judging"])),
+            ("length coefficient", fmt(r["length_coef"]) if r["length_coef"] is not None
+             else f"- ({r.get('length_coef_reason') or 'not fitted'})"), ("self-judging", str(r["self_judging"])),
             ("inputs rejected", str(r["inputs"]["rejected"] or 0))]
     width = max(len(k) for k, _ in rows)
     print("judge audit:")
