@@ -259,3 +259,14 @@ def test_bad_gold_through_the_cli_exits_2_before_any_call(api, tmp_path):
     assert api.stats()["requests"] == 0 and not (tmp_path / "run" / "calibration" / "judge-ledger.sqlite").exists()
     res = rlaif_cli("calibrate", "--config", write_config(tmp_path, api), env={ENV: KEY})
     assert res.returncode == 2 and "give gold=PATH" in res.stderr
+
+
+def test_calibrate_help_ends_with_examples_and_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlaif.cli import main\ntry:\n    main(['calibrate', '--help'])\nexcept SystemExit:\n"
+            "    pass\nimport rlaif.judge.calibrate\n"
+            "print(sorted(m for m in ['torch', 'transformers', 'trl', 'peft', 'datasets'] if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "rlaif calibrate --config" in out[out.rindex("examples:"):] and out.strip().splitlines()[-1] == "[]"

@@ -133,3 +133,9 @@ def test_export_errors_are_one_line(run, tmp_path):
         export(run, tmp_path / "x", 2)
     res = rlaif_cli("export", str(run), "--out", str(tmp_path / "x"), "rnd=1")
     assert res.returncode == 2 and "expected one round=K" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_export_help_ends_with_examples():
+    res = rlaif_cli("export", "--help")
+    assert res.returncode == 0 and "rlaif export RUN_DIR --out DIR [round=K]" in res.stdout
+    assert "rlaif export runs/quickstart --out" in res.stdout[res.stdout.rindex("examples:"):]
