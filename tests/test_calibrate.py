@@ -270,3 +270,13 @@ def test_calibrate_help_ends_with_examples_and_imports_nothing_heavy():
             "print(sorted(m for m in ['torch', 'transformers', 'trl', 'peft', 'datasets'] if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "rlaif calibrate --config" in out[out.rindex("examples:"):] and out.strip().splitlines()[-1] == "[]"
+
+
+def test_gold_dataset_dict_without_the_split_names_calibrate_split(tmp_path):
+    import datasets
+
+    row = {"prompt": "Q", "response_a": "x", "response_b": "y", "human": "a"}
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([row])}).save_to_disk(str(tmp_path / "g"))
+    with pytest.raises(UserError, match=r"no split 'train' \(has test\); set calibrate.split"):
+        read_gold(_cal(gold=str(tmp_path / "g")))
+    assert read_gold(_cal(gold=str(tmp_path / "g"), split="test"))["human"].to_list() == ["a"]

@@ -130,7 +130,10 @@ def read_gold(c: CalibrateConfig) -> pl.DataFrame:
     if not c.gold:
         raise UserError("calibrate: no gold file; give gold=PATH (or calibrate.gold in the config)")
     path = Path(c.gold)
-    rows = read_rows(path, c.split, what="gold")
+    try:
+        rows = read_rows(path, c.split, what="gold")
+    except UserError as e:  # the shared reader names the prompts' key
+        raise UserError(str(e).replace("set prompts_split", "set calibrate.split")) from None
     if c.max_rows:
         rows = rows[:c.max_rows]
     if not rows:
