@@ -140,6 +140,26 @@ class FilterConfig(Strict):
     chosen_longer_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class PairsConfig(Strict):
+    source: Literal["rank", "revise", "both"] = Field(
+        "rank", description="rank: the judge ranks sampled candidates; revise: a critic critiques one sampled "
+                            "response per prompt under a principle and rewrites it, (revision, original) is the pair "
+                            "(Constitutional AI); both: the two, counted apart in pairs.card.json")
+
+
+class ReviseConfig(Strict):
+    """pairs.source revise|both (rlaif/judge/revise.py): critique and revision under one principle per pair."""
+    confirm: bool = Field(True, description="the judge compares revision and original under the same principle "
+                                            "(judge.mode pairwise: both orders, the revision must win both; score: "
+                                            "each scored, the revision must score higher); the rest are dropped")
+    critic: JudgeConfig | None = Field(
+        None, description="the model that critiques and revises (a judge section: backend openai or local, model, "
+                          "base_url, api_key_env, ...); default: the judge")
+    critique_template: str | None = Field(None, description="your critique template file (the shipped one's fields)")
+    revision_template: str | None = Field(None, description="your revision template file (the shipped one's fields)")
+    max_tokens: int = Field(512, ge=16, description="reply cap of critique and revision calls (chat style)")
+
+
 class TrainConfig(Strict):
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
     loss_type: str = Field("sigmoid", description="TRL loss: sigmoid, ipo, robust, sigmoid_norm, hinge, ... (comma-separated to combine)")
@@ -302,6 +322,8 @@ class RunConfig(Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    revise: ReviseConfig = Field(default_factory=ReviseConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     run: RunSection = Field(default_factory=RunSection)
@@ -371,4 +393,6 @@ def dump_config(cfg: RunConfig) -> str:
 
     data = cfg.model_dump(mode="json")
     data["judge"]["base_url"] = redact_url(data["judge"]["base_url"])
+    if data["revise"]["critic"]:
+        data["revise"]["critic"]["base_url"] = redact_url(data["revise"]["critic"]["base_url"])
     return yaml.safe_dump(data, sort_keys=False)

@@ -7,6 +7,8 @@ Prints ``PORT <n>`` as its first stdout line, then serves until killed. It speak
 chat-completions API for the real ``openai`` client: it reads the fenced data blocks of rlaif's judge
 templates (``<<<BEGIN_DATA id=X>>>`` ... ``<<<END_DATA id=X>>>``, ids conversation/A/B or
 conversation/R), answers as a scripted judge (see POLICIES), and injects faults on demand.
+A prompt with an ``original`` block is a critique (ids conversation/original) or a revision
+(conversation/original/critique) of rlaif's pairs.source=revise: it gets text (see revise_text).
 
 Endpoints
   GET  /health               200 {"status": "ok"}
@@ -51,7 +53,7 @@ Faults: {"type": "429", "retry_after": s (optional; float ok), "retry_after_ms":
 {"type": "400", "message": str, "code": str, "param": str} (an invalid_request_error, as scripted).
 
 "requests" counts every chat request received (401s included); "ok" counts 200 replies that carry a
-policy verdict (plain, "hang" and "drip" replies) and were written in full to a client that was still
+policy verdict or a critique/revision text (plain, "hang" and "drip" replies) and were written in full to a client that was still
 connected. by_body/ok_by_body key on sha256(json.dumps(messages, sort_keys=True)).
 
 Nothing is written to stdout after the PORT line; errors go to stderr, never with request headers,
@@ -382,6 +384,29 @@ def reasoning_completion(req: dict, content: str, reasoning: int) -> dict:
     return out
 
 
+def revise_text(blocks: dict[str, str]) -> str:
+    """A critique or a revision, deterministic in the texts it was given. Markers in the original
+    script the outcomes a test needs: MUTE -> an empty critique; UNCHANGED -> the revision is the
+    original as given; RAMBLE -> a revision longer than any reply cap (cut off, finish_reason length)."""
+    orig = blocks["original"]
+    if "critique" not in blocks:
+        return "" if "MUTE" in orig else f"Critique {sha(orig)[:8]}: lead with the answer, then give one reason."
+    if "UNCHANGED" in orig:
+        return orig
+    tail = " and so on" * 2000 if "RAMBLE" in orig else ""
+    return f"{orig} In short: revised after critique {sha(blocks['critique'])[:8]}.{tail}"
+
+
+def text_completion(req: dict, content: str, reasoning: int | None) -> dict:
+    """A text reply within the request's cap: cut to max_tokens (finish_reason length) when longer."""
+    if reasoning is not None:
+        return reasoning_completion(req, content, reasoning)
+    cap = req.get("max_tokens")
+    if cap is not None and (len(content) + 3) // 4 > int(cap):
+        return completion(req, content[:4 * int(cap)], finish="length")
+    return completion(req, content)
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 class Handler(BaseHTTPRequestHandler):
@@ -585,18 +610,22 @@ class Handler(BaseHTTPRequestHandler):
 
         user = [text_of(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         blocks = dict(BLOCK.findall(user[-1] if user else ""))
-        if not (("A" in blocks and "B" in blocks) or "R" in blocks):
+        known = lambda b: ("A" in b and "B" in b) or "R" in b or "original" in b  # noqa: E731
+        if not known(blocks):
             allt = "\n".join(text_of(m.get("content")) for m in messages if isinstance(m, dict))
             blocks = dict(BLOCK.findall(allt))
-        if not (("A" in blocks and "B" in blocks) or "R" in blocks):
+        if not known(blocks):
             self.send_json(400, error_body("fake-judge: no <<<BEGIN_DATA id=A/B>>> or id=R blocks in the prompt",
                                            "invalid_request_error", "unrecognised_prompt", "messages"))
             return
-        jkind, verdict = judge(st, blocks)
-        lp = logprobs_block(jkind, verdict, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
-        reply = completion(req, verdict, logprobs=lp) if reasoning is None else \
-            reasoning_completion(req, verdict, reasoning)
-        if not reply["choices"][0]["message"]["content"]:  # reasoning used the whole cap: no verdict
+        if "original" in blocks:  # a critique or revision: text, no logprobs
+            reply = text_completion(req, revise_text(blocks), reasoning)
+        else:
+            jkind, verdict = judge(st, blocks)
+            lp = logprobs_block(jkind, verdict, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
+            reply = completion(req, verdict, logprobs=lp) if reasoning is None else \
+                reasoning_completion(req, verdict, reasoning)
+        if reasoning is not None and not reply["choices"][0]["message"]["content"]:  # reasoning used the whole cap
             with st.lock:
                 st.fault_counts["reasoning_cut_off"] += 1
             self.send_json(200, reply)

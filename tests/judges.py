@@ -4,7 +4,8 @@ testing stage semantics — explained, graded and checklist verdicts — without
 It reads the fenced blocks of the rendered judge prompt, as a real judge would, and answers by a
 rule a test can predict: the response with more numbered-list lines wins (graded "much better"
 when it has at least 3 more), the longer one breaks a tie. Every call it answers is counted in
-ScriptedJudge.calls, so a test can prove that a rerun made none.
+ScriptedJudge.calls, so a test can prove that a rerun made none. As a critic (pairs.source=revise) it
+asks for a numbered list and revises into one (see revise_text for the markers a test can use).
 
     monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
 """
@@ -48,6 +49,9 @@ class ScriptedJudge:
 
     def answer(self, call) -> Reply:
         b = blocks(call)
+        if call.kind in ("critique", "revision"):
+            text, finish = revise_text(b)
+            return Reply(text=text, finish_reason=finish)
         if call.kind == "checklist_writer":  # a per-prompt checklist, as RLCF writes one per instruction
             return Reply(text="Here is the checklist:\n- Is the answer a numbered list?\n- Is it polite?",
                          finish_reason="stop")
@@ -71,6 +75,21 @@ class ScriptedJudge:
             reply = self.answer(call)
             reply.input_tokens, reply.output_tokens = 10, 2
             on_reply(call, reply)
+
+
+def revise_text(b: dict) -> tuple[str, str]:
+    """(text, finish_reason) of a critique or revision of b["original"]. Markers in the original:
+    MUTE: an empty critique; UNCHANGED: the revision is the original; RAMBLE: the revision is cut off;
+    WORSEN: the revision is the original's first half (the judge prefers the original in both orders).
+    Otherwise the revision is the original as a numbered list with one more step, so it wins."""
+    orig = b["original"]
+    if "critique" not in b:
+        return ("" if "MUTE" in orig else "Make it a numbered list of steps."), "stop"
+    if "UNCHANGED" in orig:
+        return orig, "stop"
+    if "WORSEN" in orig:
+        return orig[: len(orig) // 2], "stop"
+    return f"1. {orig}\n2. Check that it worked.", "length" if "RAMBLE" in orig else "stop"
 
 
 def write_candidates(run_dir, texts: dict, finish: str = "stop"):

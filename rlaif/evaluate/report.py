@@ -13,6 +13,7 @@ import polars as pl
 from rlaif.evaluate import checks, curves
 from rlaif.evaluate.labels import report_lines as human_label_lines
 from rlaif.evaluate.metrics import length_hacking
+from rlaif.evaluate.pair_sources import lines as pair_source_lines
 from rlaif.io import atomic_write, write_text
 from rlaif.stats import length_feature, logistic_fit
 
@@ -260,6 +261,7 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
         lines += ["", "## Training per round", "", *curves.table(trained)]
     lines += judge_lines(rounds)
     lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
+    lines += pair_source_lines(rounds)  # only when a round's pairs came from revise (pairs.source)
     from rlaif.judge.calibrate import report_lines as calibration_lines
 
     lines += calibration_lines(run_dir)  # only when RUN_DIR/calibration/calibration.json exists (rlaif calibrate)

@@ -24,7 +24,7 @@ BACKENDS = {
     "reward_model": "rlaif.judge.reward_model:RewardModelJudge",  # a sequence-classification reward model
 }
 
-KINDS = ("pairwise", "score", "checklist", "reward")
+KINDS = ("pairwise", "score", "checklist", "reward", "checklist_writer", "critique", "revision")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Call:
     key: str
     prompt_id: str
     kind: str  # pairwise | score | checklist (one item, one candidate) | reward (reward model score)
+    #            | checklist_writer, critique, revision (free text replies)
     a_id: str
     b_id: str | None
     order: str | None  # ab: a_id in slot A; ba: b_id in slot A
@@ -42,6 +43,7 @@ class Call:
     response: str | None = None  # the candidate's text (kind reward)
     item: str | None = None  # checklist item id, e.g. "0" (kind checklist)
     max_tokens: int = 8  # reply token cap for this call
+    version: str | None = None  # its template version when not the session spec's (a principle's spec)
 
 
 @dataclass

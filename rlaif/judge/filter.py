@@ -185,32 +185,44 @@ def _balance(df: pl.DataFrame, share: float) -> pl.DataFrame:
                            .otherwise("reason"))
 
 
-def _pairs(kept: pl.DataFrame, candidates: pl.DataFrame, round_: int) -> pl.DataFrame:
+def _pairs(kept: pl.DataFrame, candidates: pl.DataFrame, round_: int, schema: pl.Schema = PAIRS_SCHEMA) -> pl.DataFrame:
     """Kept comparisons in PAIRS_SCHEMA: text and messages gathered by candidate row, now that few remain."""
     kept = kept.sort("prompt_id", "chosen_id", "rejected_id")
     msgs, text, ci, ri = candidates["messages"], candidates["response"], kept["c_i"], kept["r_i"]
     return (kept.with_columns(messages=msgs.gather(ci), chosen=text.gather(ci), rejected=text.gather(ri),
                               round=pl.lit(round_), chosen_tokens="c_num_tokens", rejected_tokens="r_num_tokens")
-            .select([C(k).cast(v) for k, v in PAIRS_SCHEMA.items()]))
+            .select([C(k).cast(v) for k, v in schema.items()]))
 
 
 def filter_pairs(judgments: pl.DataFrame, candidates: pl.DataFrame, cfg: FilterConfig,
-                 round_: int, weights: dict[str, float] | None = None) -> tuple[pl.DataFrame, dict]:
-    """(pairs in PAIRS_SCHEMA sorted by prompt_id, chosen_id; card with the count each filter removed)."""
-    df = _join(compare(judgments, weights), candidates).with_columns(reason=_reason(cfg))
+                 round_: int, weights: dict[str, float] | None = None,
+                 revisions: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict]:
+    """(pairs in PAIRS_SCHEMA sorted by prompt_id, chosen_id; card with the count each filter removed).
+    With the round's revisions (pairs.source revise|both), revise pairs too: rlaif/judge/revise_pairs.py."""
+    names, schema, comp = FILTERS, PAIRS_SCHEMA, None
+    if revisions is not None:
+        from rlaif.judge import revise_pairs as RP
+
+        comp, candidates = RP.comparisons(judgments, candidates, revisions, weights)
+        names, schema = FILTERS + RP.FILTERS, RP.PAIRS_OUT
+    df = _join(compare(judgments, weights) if comp is None else comp, candidates).with_columns(reason=_reason(cfg))
+    if revisions is not None:  # a revision's own removal (unchanged, not better, ...) comes first
+        df = df.with_columns(reason=pl.coalesce("pre", "reason"))
     if cfg.balance_length:
         df = _balance(df, cfg.chosen_longer_share)
     counts = dict(df.group_by("reason").len().iter_rows())
-    pairs = _pairs(df.filter(C("reason").is_null()), candidates, round_)
+    pairs = _pairs(df.filter(C("reason").is_null()), candidates, round_, schema)
     card = {
         "comparisons_in": len(df),
-        "removed": {name: int(counts.get(name, 0)) for name in FILTERS},
+        "removed": {name: int(counts.get(name, 0)) for name in names},
         "kept": len(pairs),
         "chosen_longer_share": (float((pairs["chosen_tokens"] > pairs["rejected_tokens"]).mean())
                                 if len(pairs) else None),
-        "mean_margin": float(pairs["margin"].mean()) if len(pairs) else None,
+        "mean_margin": float(pairs["margin"].mean()) if pairs["margin"].count() else None,  # unconfirmed: null
         "config": cfg.model_dump(),
     }
+    if revisions is not None:
+        card["sources"] = RP.by_source(df, pairs, judgments, revisions, names)
     if card["comparisons_in"] != card["kept"] + sum(card["removed"].values()):  # every row accounted for
         raise AssertionError(f"filter: counts do not add up: {card}")
     return pairs, card
@@ -247,14 +259,21 @@ def run(cfg: RunConfig) -> Path:
     """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
     judgments, candidates = _read(cfg)
     weights = {str(i): it.weight for i, it in enumerate(cfg.judge.items())}
-    pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights)
     rdir = cfg.round_dir()
-    path = write_parquet(rdir / "pairs.parquet", pairs, PAIRS_SCHEMA)
+    from rlaif.judge.revise_pairs import read as read_revisions
+
+    revisions = read_revisions(rdir, judgments)  # pairs.source revise|both
+    pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights, revisions)
+    path = write_parquet(rdir / "pairs.parquet", pairs, pairs.schema)
     write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card})
     n = max(card["comparisons_in"], 1)
     print(f"filter: {card['comparisons_in']} comparisons -> {card['kept']} pairs -> {path}")
-    print(f"  {'removed by':<16}{'count':>10}{'share':>9}")
+    print(f"  {'removed by':<20}{'count':>10}{'share':>9}")
     for name, k in card["removed"].items():
-        print(f"  {name:<16}{k:>10}{k / n:>9.1%}")
-    print(f"  {'kept':<16}{card['kept']:>10}{card['kept'] / n:>9.1%}")
+        print(f"  {name:<20}{k:>10}{k / n:>9.1%}")
+    print(f"  {'kept':<20}{card['kept']:>10}{card['kept'] / n:>9.1%}")
+    for src, sc in card.get("sources", {}).items():  # pairs.source both: each source apart
+        rate = sc.get("confirmation_rate")
+        print(f"  {src}: {sc['comparisons_in']} comparisons -> {sc['kept']} pairs, {sc['calls']} calls"
+              + (f", confirmed {sc['confirmed']} of {sc['confirm_asked']} revisions" if rate is not None else ""))
     return path

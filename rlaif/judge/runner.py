@@ -126,7 +126,7 @@ def request_meta(call: Call, reply: Reply) -> dict:
 def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]) -> dict:
     """A reply becomes a ledger row. Verdicts name candidates: 'a' means a_id won, whatever its slot."""
     row = {"key": call.key, "prompt_id": call.prompt_id, "kind": call.kind, "a_id": call.a_id, "b_id": call.b_id,
-           "order": call.order, "item": call.item, "template_version": spec_version(spec, call.kind),
+           "order": call.order, "item": call.item, "template_version": call.version or spec_version(spec, call.kind),
            "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "latency_s": reply.latency_s,
            "attempts": reply.attempts, "raw": reply.text, "request": request_meta(call, reply),
            "cost_usd": (reply.input_tokens * price[0] + reply.output_tokens * price[1]) / 1e6}
@@ -137,6 +137,8 @@ def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]
         ok = reply.score is not None and math.isfinite(reply.score)
         return {**done, "verdict": "score", "score_a": reply.score} if ok else \
             {**done, "verdict": "invalid", "error": "no finite reward"}
+    if call.kind in T.TEXT_KINDS:
+        return {**done, **text_verdict(reply)}
     cut = reply.finish_reason in ("length", "empty")
     if cut:
         why = {"length": "reply cut off (finish_reason=length)", "empty": "empty choices"}[reply.finish_reason]
@@ -157,6 +159,18 @@ def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]
         p = T.p_yes(reply.top) if reply.top else None
         return {**done, "verdict": value, "score_a": p if p is not None else float(value == "yes")}
     return {**done, **pairwise_verdict(call, reply, value, graded)}
+
+
+def text_verdict(reply: Reply) -> dict:
+    """A critique or revision (rlaif/judge/revise.py): verdict "text" with the text in `rationale`
+    (stripped; `raw` keeps the reply as received), "cut_off" when the reply hit its cap (the text is
+    kept: the stage decides what a cut-off text is worth), "invalid" when there is no text."""
+    text = (reply.text or "").strip()
+    if not text:
+        return {"verdict": "invalid", "error": "empty choices" if reply.finish_reason == "empty" else "empty reply"}
+    if reply.finish_reason == "length":
+        return {"verdict": "cut_off", "rationale": text, "error": "reply cut off (finish_reason=length)"}
+    return {"verdict": "text", "rationale": text}
 
 
 def pairwise_verdict(call: Call, reply: Reply, value: str, graded: bool) -> dict:

@@ -79,32 +79,34 @@ class JudgeSession:
         return "reward" if self.j.backend == "reward_model" else "checklist" if self.j.mode == "checklist" else "score"
 
     def _call(self, kind: str, pid: str, chat, first: str, second: str | None, ids: tuple, order=None,
-              item: tuple | None = None) -> Call:
+              item: tuple | None = None, spec: T.Spec | None = None) -> Call:
+        spec = spec or self.spec  # another spec: a principle's, for confirming a revision (rlaif/judge/revise.py)
         tokens = self.j.reply_tokens()
         if kind == "reward":
             key = call_key(self.identity, "reward", chat, first, None, None)
             return Call(key, pid, kind, ids[0], None, None, (), len(first) // 3, (), tuple(chat), first,
                         max_tokens=0)
         question = item[1] if item else None
-        msgs = self.spec.render(kind, chat, first, second, question)
-        key = call_key(self.identity, self.spec.version(kind), chat, first, second, order,
+        msgs = spec.render(kind, chat, first, second, question)
+        key = call_key(self.identity, spec.version(kind), chat, first, second, order,
                        question if kind == "checklist" else None)
         if kind == "checklist_writer":
             tokens = max(tokens, 256)
         return Call(key, pid, kind, ids[0], ids[1] if len(ids) > 1 else None, order, tuple(msgs),
-                    sum(len(m["content"]) for m in msgs) // 3, self.spec.labels(kind) if kind != "checklist_writer"
-                    else (), tuple(chat), None, item[0] if item else None, tokens)
+                    sum(len(m["content"]) for m in msgs) // 3, spec.labels(kind) if kind != "checklist_writer"
+                    else (), tuple(chat), None, item[0] if item else None, tokens, version=spec.version(kind))
 
-    def pairwise(self, pid: str, chat, a: tuple, b: tuple) -> list[Call]:
+    def pairwise(self, pid: str, chat, a: tuple, b: tuple, spec: T.Spec | None = None) -> list[Call]:
         """a, b = (candidate_id, text); both orders, so position bias shows and cancels."""
-        return [self._call("pairwise", pid, chat, a[1], b[1], (a[0], b[0]), "ab"),
-                self._call("pairwise", pid, chat, b[1], a[1], (a[0], b[0]), "ba")]
+        return [self._call("pairwise", pid, chat, a[1], b[1], (a[0], b[0]), "ab", spec=spec),
+                self._call("pairwise", pid, chat, b[1], a[1], (a[0], b[0]), "ba", spec=spec)]
 
-    def single(self, pid: str, chat, cand: tuple, items: list[tuple] | None = None) -> list[Call]:
+    def single(self, pid: str, chat, cand: tuple, items: list[tuple] | None = None,
+               spec: T.Spec | None = None) -> list[Call]:
         """One candidate judged alone: one score or reward call, or one call per checklist item."""
         kind = self.score_kind
         if kind != "checklist":
-            return [self._call(kind, pid, chat, cand[1], None, (cand[0],))]
+            return [self._call(kind, pid, chat, cand[1], None, (cand[0],), spec=spec)]
         items = items if items is not None else [(str(i), it.item) for i, it in enumerate(self.j.items())]
         return [self._call("checklist", pid, chat, cand[1], None, (cand[0],), item=it) for it in items]
 
@@ -120,6 +122,16 @@ class JudgeSession:
         got = {r["prompt_id"]: json.loads(r["rationale"]) for r in
                self.results(calls).filter(pl.col("verdict") == "items").iter_rows(named=True)}
         return {pid: base + [(f"p{i}", q) for i, q in enumerate(got.get(pid, []))] for pid in chats}
+
+    def text_call(self, kind: str, pid: str, chat, cand: tuple, spec: T.Spec, item: str, max_tokens: int,
+                  critique: str | None = None) -> Call:
+        """A critique or revision of cand = (candidate_id, text) under spec (a principle's, rlaif/judge/revise.py):
+        a free-text reply. Its key: this session's identity (the critic's), the template version (the
+        principle is its criteria), the prompt, the original, the critique (revisions) and the reply cap."""
+        msgs = spec.render(kind, chat, cand[1], critique)
+        key = call_key(self.identity, spec.version(kind), chat, cand[1], critique, None, f"max_tokens={max_tokens}")
+        return Call(key, pid, kind, cand[0], None, None, tuple(msgs), sum(len(m["content"]) for m in msgs) // 3,
+                    (), tuple(chat), None, item, max_tokens, version=spec.version(kind))
 
     def weights(self) -> dict[str, float]:
         """Checklist item id -> weight; generated items weigh 1."""

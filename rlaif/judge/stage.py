@@ -57,6 +57,19 @@ def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | No
 
 
 def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
+    """This round's calls for pairs.source: ranking, revising (rlaif/judge/revise.py) or both."""
+    revise = None
+    if cfg.pairs.source != "rank":
+        from rlaif.judge import revise
+
+        revise.check(cfg)  # a bad setting is one line, before any call
+    plan, identical = rank_round(js, cfg, accepted) if cfg.pairs.source != "revise" else ([], 0)
+    if revise and not js.runner.stopped:
+        plan += revise.revise_round(js, cfg, accepted)
+    return plan, identical
+
+
+def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
     """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical)."""
     j = cfg.judge
     chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))

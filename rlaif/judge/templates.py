@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -24,9 +24,12 @@ from rlaif.errors import UserError
 HERE = Path(__file__).parent / "templates"
 FENCE = re.compile(r"<<<|>>>")
 SHIPPED = {"pairwise": "pairwise-v2", "score": "score-v2", "checklist": "checklist-v1",
-           "checklist_writer": "checklist-writer-v1"}
+           "checklist_writer": "checklist-writer-v1", "critique": "critique-v1", "revision": "revision-v1"}
 REQUIRED = {"pairwise": ("conversation", "response_a", "response_b"), "score": ("conversation", "response"),
-            "checklist": ("conversation", "response", "question"), "checklist_writer": ("conversation",)}
+            "checklist": ("conversation", "response", "question"), "checklist_writer": ("conversation",),
+            "critique": ("conversation", "response"), "revision": ("conversation", "response", "critique")}
+# Kinds whose reply is free text used as written (rlaif/judge/revise.py): no verdict to parse.
+TEXT_KINDS = ("critique", "revision")
 DEFAULT_CRITERIA = "Judge helpfulness, correctness, and clarity."
 # Arena-Hard-Auto's five-way scale (Li et al. 2024, "From Crowdsourced Data to High-Quality
 # Benchmarks: Arena-Hard and BenchBuilder Pipeline"): [[A>>B]] ... [[B>>A]]; signed from slot A.
@@ -43,6 +46,8 @@ ANSWER = {
     ("checklist", None): ("Answer with Yes or No only.", "write your answer on a final line, exactly as "
                                                           "`Answer: Yes` or `Answer: No`."),
     ("checklist_writer", None): ("", ""),
+    ("critique", None): ("", ""),
+    ("revision", None): ("", ""),
 }
 EXPLAIN = "First explain your judgement in at most three short sentences. Then "
 
@@ -87,7 +92,7 @@ def user_template(path: str) -> tuple[str, Template]:
     t = _read_template(Path(path), "judge.template")
     f = _fields(t)
     kind = ("pairwise" if {"response_a", "response_b"} & f else "checklist" if "question" in f
-            else "score" if "response" in f else None)
+            else "revision" if "critique" in f else "score" if "response" in f else None)
     if kind is None:
         raise UserError(f"judge.template: {path}: no response placeholder: use {{response_a}} and {{response_b}} "
                         "(pairwise), {response} (score) or {response} and {question} (checklist)")
@@ -168,10 +173,12 @@ class Spec:
                   "answer_format": self.answer_format(kind)}
         if kind == "pairwise":
             fields.update(response_a=fence(first), response_b=fence(second or ""))
-        elif kind in ("score", "checklist"):
+        elif kind in ("score", "checklist", "critique", "revision"):
             fields["response"] = fence(first)
         if kind == "checklist":
             fields["question"] = fence(question or "")
+        if kind == "revision":  # the critic's own critique: model text, so fenced as data too
+            fields["critique"] = fence(second or "")
         # One pass over the template only: braces inside candidate text are never expanded.
         pat = re.compile(r"\{(" + "|".join(fields) + r")\}")
         system, user = (pat.sub(lambda m: fields[m.group(1)], s) for s in (t.system, t.user))
@@ -187,6 +194,23 @@ class Spec:
         if kind == "pairwise":
             return tuple(f"[[{g}]]" for g in GRADES) if self.verdicts == "graded" else ("A", "B")
         return tuple(str(i) for i in range(1, 10)) if kind == "score" else ("Yes", "No")
+
+
+def kind_template(path: str, kind: str, key: str) -> Template:
+    """A user's template file for one named kind (revise.critique_template, revise.revision_template)."""
+    t = _read_template(Path(path), key)
+    missing = [p for p in REQUIRED[kind] if p not in _fields(t)]
+    if missing:
+        raise UserError(f"{key}: {path}: a {kind} template needs the placeholder(s) "
+                        + ", ".join("{" + m + "}" for m in missing))
+    return Template(Path(path).stem, t["system"], t["user"], t["digest"])
+
+
+def principle_spec(spec: Spec, principle: str) -> Spec:
+    """The spec with one principle as its whole criteria: a pair's critique, revision and confirmation
+    are all under that principle alone (Bai et al. 2022, arXiv 2212.08073, sec. 3.1). The principle
+    is in the template version, so in every such call's ledger key."""
+    return replace(spec, criteria=f"The principle: {principle.strip()}", rubric_source="", principles=(principle,))
 
 
 def build_spec(cfg) -> Spec:
