@@ -23,6 +23,9 @@ def lengths(pairs: pl.DataFrame) -> dict:
             "chosen_longer_share": float((c > r).mean())}
 
 
+LONGER = ("longer_wins_rate", "longer_scored_higher_rate")  # pairwise judges; judges that score alone
+
+
 def _size(n: int) -> str:
     # The Hub's size_categories buckets.
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
@@ -33,8 +36,8 @@ def _size(n: int) -> str:
 
 def _judge(j: dict) -> dict:
     keys = ("judge_model", "judge_id", "identity", "backend", "mode", "strategy", "rubric", "template_versions",
-            "explain", "verdicts", "self_judging", "position_consistency", "longer_wins_rate", "invalid_rate",
-            "calls", "cost_usd")
+            "explain", "verdicts", "self_judging", "position_consistency", "longer_wins_rate",
+            "longer_scored_higher_rate", "invalid_rate", "calls", "cost_usd")
     return {k: j.get(k) for k in keys if k in j}
 
 
@@ -44,6 +47,10 @@ def _front(meta: dict) -> str:
 
 def _pct(x) -> str:
     return "-" if not isinstance(x, (int, float)) else f"{100 * x:.0f}%"
+
+
+def _num(x, digits: int = 3) -> str:
+    return "-" if not isinstance(x, (int, float)) or isinstance(x, bool) else f"{x:.{digits}g}"
 
 
 def dataset_card(info: dict) -> str:
@@ -71,8 +78,9 @@ def dataset_card(info: dict) -> str:
              "| step | comparisons |", "|---|---|", f"| judged | {funnel['comparisons_in']} |"]
     lines += [f"| removed: {k} | {v} |" for k, v in (funnel["removed"] or {}).items() if v]
     lines += [f"| kept | {funnel['kept']} |", "", "## Judge audit", "",
-              f"Position consistency {judge.get('position_consistency', '-')}, longer-wins rate "
-              f"{_pct(judge.get('longer_wins_rate'))}, invalid rate {judge.get('invalid_rate', '-')}"
+              f"Position consistency {_num(judge.get('position_consistency'))}, longer-wins rate "
+              f"{_pct(next((judge[k] for k in LONGER if judge.get(k) is not None), None))}, invalid rate "
+              f"{_num(judge.get('invalid_rate'))}"
               f"{', the policy judged itself' if judge.get('self_judging') else ''}. Chosen is the longer response "
               f"in {_pct(info['lengths']['chosen_longer_share'])} of pairs (mean tokens "
               f"{info['lengths']['chosen_tokens_mean']:.0f} chosen vs {info['lengths']['rejected_tokens_mean']:.0f} "
@@ -80,7 +88,7 @@ def dataset_card(info: dict) -> str:
     if cal:
         who = "this judge" if cal["same_judge"] else f"another judge ({cal.get('judge_id')}), not this one"
         lines.append(f"`rlaif calibrate` of {who}: agreement {_pct(cal.get('agreement'))} with humans on "
-                     f"{cal.get('n')} gold pairs, Cohen's kappa {cal.get('cohen_kappa')}.")
+                     f"{cal.get('n')} gold pairs, Cohen's kappa {_num(cal.get('cohen_kappa'), 2)}.")
     else:
         lines.append("None: this judge was not calibrated (`rlaif calibrate`), so its agreement with people is unknown.")
     return "\n".join(lines) + "\n"
@@ -106,7 +114,8 @@ def model_card(info: dict, manifest: dict, kind: str) -> str:
     lines = [_front(meta), f"# rlaif policy: {info['run']} round {info['round']} ({kind})", "",
              f"A DPO-trained LoRA policy (TRL DPOTrainer + PEFT) from round {info['round']} of `{info['run']}`"
              + (", merged into its base model" if kind == "merged" else "") + f": {manifest.get('steps')} steps, "
-             f"final loss {final.get('loss')}, reward accuracy {final.get('rewards/accuracies')}. Trained on the "
+             f"final loss {_num(final.get('loss'))}, reward accuracy {_num(final.get('rewards/accuracies'))}. Trained "
+             "on the "
              "pairs in `../dataset` (their card names the judge, rubric and filters). The base model was the local "
              f"folder `{base}`.", "", "```python", "from transformers import AutoModelForCausalLM"
              + ("\nfrom peft import PeftModel" if kind == "adapter" else ""), *load, "```"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.errors import UserError
-from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, write_json, write_text
+from rlaif.io import PAIRS_SCHEMA, UMASK, read_parquet_checked, write_json, write_text
 from rlaif.train import cards
 
 RLAIF_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "margin", "consistent", "chosen_tokens", "rejected_tokens",
@@ -150,6 +150,7 @@ def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; an export is meant to be shared
     try:
         _dataset(pairs, tmp / "dataset")
         write_text(tmp / "dataset" / "README.md", cards.dataset_card(info))
