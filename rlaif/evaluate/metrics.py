@@ -150,8 +150,12 @@ def position_consistency(judgments: pl.DataFrame) -> float | None:
     return float((both["distinct"] == 1).mean()) if both.height else None
 
 
-def invalid_rate(judgments: pl.DataFrame) -> float | None:
-    """Share of pairwise calls whose verdict could not be read."""
+def invalid_rate(judgments: pl.DataFrame, single: bool = False) -> float | None:
+    """Share of pairwise calls whose verdict could not be read; with `single`, of the calls that
+    judge one answer alone (score, checklist, reward)."""
+    if single:
+        one = judgments.filter(C("kind").is_in(SINGLE_KINDS))
+        return float((one["verdict"] == "invalid").mean()) if one.height else None
     pw = judgments.filter(C("kind") == "pairwise") if "kind" in judgments.columns else judgments
     return float((~pw["verdict"].is_in(["a", "b", "tie"])).mean()) if pw.height else None
 
@@ -183,12 +187,33 @@ def tie_outcomes(matchups: pl.DataFrame, tokens: Mapping[str, int] | pl.DataFram
             .select([C(k).cast(v) for k, v in OUTCOME_SCHEMA.items()]))
 
 
+SINGLE_KINDS = ("score", "checklist", "reward")
+
+
+def single_scores(judgments: pl.DataFrame, weights: Mapping[str, float] | None = None) -> pl.DataFrame:
+    """(a_id, score_a): each answer's score when judged alone. A rubric score or a reward is its
+    valid verdict's value; a checklist's is the weighted mean of P(yes) over its items (weights by
+    item id, default 1), and none if any item's answer is invalid: an answer is never ranked on
+    part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/filter.py)."""
+    plain = (judgments.filter(C("kind").is_in(["score", "reward"]) & (C("verdict") == "score")
+                              & C("score_a").is_not_null())
+             .group_by("a_id").agg(C("score_a").first()))
+    w = C("item").replace_strict(dict(weights or {}), default=1.0, return_dtype=pl.Float64)
+    checklist = (judgments.filter(C("kind") == "checklist").with_columns(w=w)
+                 .group_by("a_id")
+                 .agg(ok=((C("verdict") != "invalid") & C("score_a").is_not_null()).all(),
+                      score_a=(C("score_a") * C("w")).sum() / C("w").sum())
+                 .filter("ok").select("a_id", "score_a"))
+    return pl.concat([plain, checklist])
+
+
 def score_outcomes(judgments: pl.DataFrame, matchups: pl.DataFrame,
-                   tokens: Mapping[str, int] | pl.DataFrame) -> pl.DataFrame:
-    """Outcomes from score-mode verdicts: the higher-scored answer wins, equal scores tie; a
-    matchup where either answer has no valid score is left out (as an invalid verdict is)."""
-    sc = (judgments.filter((C("kind") == "score") & (C("verdict") == "score") & C("score_a").is_not_null())
-          .group_by("a_id").agg(C("score_a").first()))
+                   tokens: Mapping[str, int] | pl.DataFrame,
+                   weights: Mapping[str, float] | None = None) -> pl.DataFrame:
+    """Outcomes from answers judged alone (a rubric score, a checklist's weighted P(yes) or a
+    reward: single_scores): the higher-scored answer wins, equal scores tie; a matchup where
+    either answer has no valid score is left out (as an invalid verdict is)."""
+    sc = single_scores(judgments, weights)
     m = (matchups.select("prompt_id", "policy_id", "sft_id")
          .join(sc.rename({"a_id": "policy_id", "score_a": "score_policy"}), on="policy_id")
          .join(sc.rename({"a_id": "sft_id", "score_a": "score_sft"}), on="sft_id"))

@@ -6,8 +6,10 @@
    K's policy (its base plus its adapter) answers them in RUN_DIR/round-K/eval/answers/; both
    through the generate stage, with the generate settings except n=1 and evaluate.temperature
    (greedy by default). Both are resumable shards, as in generate.
-2. Verdicts: the judge compares policy vs SFT answers pairwise in both orders (or scores each,
-   evaluate.mode=score) through the round's ledger, so a rerun pays for nothing twice.
+2. Verdicts: the judge compares policy vs SFT answers pairwise in both orders (or, with
+   evaluate.mode=score, judges each alone: a rubric score, the weighted P(yes) of judge.checklist
+   when judge.mode=checklist, or a reward model's reward) through the round's ledger, so a rerun
+   pays for nothing twice.
    Identical answers are ties and are never sent.
 3. eval/eval.json: win rate with a bootstrap interval, length-controlled win rate, lengths,
    judge health, implicit-reward accuracy on held-out pairs, and the same against round K-1's
@@ -111,7 +113,8 @@ def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: di
         judged = M.outcomes(judgments, m["policy_id"], tokens).select(list(M.OUTCOME_SCHEMA))
         judged = judged.select([pl.col(k).cast(v) for k, v in M.OUTCOME_SCHEMA.items()])
     else:
-        judged = M.score_outcomes(judgments, m.filter(~pl.col("identical")), tokens)
+        weights = {str(i): it.weight for i, it in enumerate(cfg.judge.items())}  # judge.mode=checklist
+        judged = M.score_outcomes(judgments, m.filter(~pl.col("identical")), tokens, weights)
         ties = ties.with_columns(score_policy=pl.lit(None, pl.Float64), score_sft=pl.lit(None, pl.Float64))
     out = pl.concat([judged, ties]).sort("prompt_id")
     res = M.summarize_outcomes(out, [tokens.get(i) for i in m["policy_id"]], [tokens.get(i) for i in m["sft_id"]],
@@ -120,7 +123,7 @@ def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: di
                n_judged_pairs=m.height - ties.height,
                n_excluded=m.height - out.height,  # an invalid verdict in either order, or no valid score
                position_consistency=M.position_consistency(judgments) if cfg.evaluate.mode == "pairwise" else None,
-               invalid_rate=M.invalid_rate(judgments.filter(pl.col("kind") == cfg.evaluate.mode)),
+               invalid_rate=M.invalid_rate(judgments, single=cfg.evaluate.mode == "score"),
                judge_cost_usd=float(judgments["cost_usd"].sum()) if judgments.height else 0.0)
     return out, res
 
