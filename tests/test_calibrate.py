@@ -280,3 +280,16 @@ def test_gold_dataset_dict_without_the_split_names_calibrate_split(tmp_path):
     with pytest.raises(UserError, match=r"no split 'train' \(has test\); set calibrate.split"):
         read_gold(_cal(gold=str(tmp_path / "g")))
     assert read_gold(_cal(gold=str(tmp_path / "g"), split="test"))["human"].to_list() == ["a"]
+
+
+def test_a_review_page_export_loads_as_gold(tmp_path):
+    from rlaif.evaluate.labels import LabelStore, export_gold
+
+    store = LabelStore(tmp_path / "human-labels.sqlite")
+    for i, h in enumerate(["a", "tie"]):  # two comparisons of one prompt: its prompt_id repeats in the export
+        store.put({"item_id": f"x{i}", "round": 0, "prompt_id": "p0", "a_id": f"c{i}", "b_id": f"c{i + 5}",
+                   "messages": [{"role": "user", "content": "Q?"}], "response_a": f"answer {i}",
+                   "response_b": f"other {i}", "shown_first": f"c{i}"}, h)
+    export_gold(tmp_path, tmp_path / "gold.jsonl")
+    g = read_gold(_cal(gold=str(tmp_path / "gold.jsonl")))
+    assert g["prompt_id"].to_list() == ["p0", "p0"] and g["human"].to_list() == ["a", "tie"]
