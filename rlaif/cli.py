@@ -225,14 +225,14 @@ def _stage(name: str, args) -> int:
     from rlaif.io import write_text
 
     cfg = load_config(args.config, args.overrides)
-    # `rlaif run` wrote it already, its stages must not rewrite it; under `accelerate launch` rank 0 writes it.
-    # Shard workers all write the run's config: the same file, without their own generate.worker.
-    if not os.environ.get("RLAIF_RUN_CHILD") and os.environ.get("RANK", "0") == "0":
-        run_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"worker": None})})
-        write_text(Path(cfg.run_dir) / "config.yaml", dump_config(run_cfg))
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
-    with _lock(name, cfg):
+    with _lock(name, cfg):  # first: a second, refused process must not rewrite the live one's config.yaml
+        # `rlaif run` wrote it already, its stages must not rewrite it; under `accelerate launch` rank 0 writes it.
+        # Shard workers all write the run's config: the same file, without their own generate.worker.
+        if not os.environ.get("RLAIF_RUN_CHILD") and os.environ.get("RANK", "0") == "0":
+            run_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"worker": None})})
+            write_text(Path(cfg.run_dir) / "config.yaml", dump_config(run_cfg))
         out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
     print(f"rlaif {name}: done -> {out}")
     return 0

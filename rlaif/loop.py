@@ -19,17 +19,20 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from rlaif.config import RunConfig, load_config
 from rlaif.errors import UserError
+from rlaif.procs import run_child
 from rlaif.train.policy import adapter_dir, policy_base
 
 STAGES = ["generate", "judge", "train", "evaluate"]
-DONE = {"generate": "candidates.manifest.json", "judge": "pairs.card.json", "train": "train/train.manifest.json",
-        "evaluate": "eval/eval.json"}
+# Each stage's own marker, written last. The loop's judge step is judge + filter, so it is done when
+# the judge's manifest and the filter's card both exist: a card alone can come from the partial
+# judgments of a budget stop or a consistency failure (issue 11, item 1).
+DONE = {"generate": ["candidates.manifest.json"], "judge": ["judge.manifest.json", "pairs.card.json"],
+        "train": ["train/train.manifest.json"], "evaluate": ["eval/eval.json"]}
 
 
 def stages(cfg: RunConfig) -> list[str]:
@@ -44,7 +47,7 @@ class StageFailed(UserError):
 
 
 def done(cfg: RunConfig, k: int, stage: str) -> bool:
-    return (cfg.round_dir(k) / DONE[stage]).exists()
+    return all((cfg.round_dir(k) / f).exists() for f in DONE[stage])
 
 
 def stage_overrides(cfg: RunConfig, k: int, stage: str) -> list[str]:
@@ -64,10 +67,17 @@ def stage_command(stage: str, config: Path, overrides: list[str]) -> list[str]:
 
 
 def _eval(cfg: RunConfig, k: int) -> dict:
+    """Round k's eval.json. Unreadable is an error, not {}: {} would silently turn the
+    length-hacking stop off (issue 11, item 8)."""
+    path = cfg.round_dir(k) / DONE["evaluate"][0]
     try:
-        return json.loads((cfg.round_dir(k) / DONE["evaluate"]).read_text())
-    except (OSError, ValueError):
-        return {}
+        e = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0][:100]}); delete it and rerun to "
+                        f"evaluate round {k} again") from None
+    if not isinstance(e, dict):
+        raise UserError(f"{path}: expected a JSON object; delete it and rerun to evaluate round {k} again")
+    return e
 
 
 def length_stop(cfg: RunConfig, k: int) -> str | None:
@@ -108,7 +118,7 @@ def run(cfg: RunConfig) -> Path:
                 continue
             print(f"run: round {k} {stage} ...", flush=True)
             cmd = stage_command(stage, config, stage_overrides(cfg, k, stage))
-            code = subprocess.run(cmd, env={**os.environ, "RLAIF_RUN_CHILD": "1"}).returncode
+            code = run_child(cmd, {**os.environ, "RLAIF_RUN_CHILD": "1"})  # dies with this process
             if code != 0:
                 raise StageFailed(stage, k, code)
         print(f"run: round {k} done; report -> {report(cfg)}", flush=True)
@@ -129,23 +139,26 @@ def _cell(cfg: RunConfig, k: int, stage: str) -> str:
     rdir = cfg.round_dir(k)
     if stage == "generate":
         if done(cfg, k, stage):
-            m = json.loads((rdir / DONE[stage]).read_text())
+            m = _json(rdir / DONE[stage][0])
             return f"done: {m['counts']['candidates']} cand."
         plan = rdir / "candidates" / "plan.json"
         if plan.exists():
-            total = len(json.loads(plan.read_text())["shards"])
+            total = len(_json(plan)["shards"])
             return f"partial: {len(list((rdir / 'candidates').glob('part-*.parquet')))}/{total} shards"
     elif stage == "judge":
         if done(cfg, k, stage):
-            card = json.loads((rdir / DONE[stage]).read_text())
-            report = json.loads((rdir / "judge-report.json").read_text())
+            card = _json(rdir / "pairs.card.json")
+            report = _json(rdir / "judge-report.json")
             pc = report.get("position_consistency")
             return f"done: {card['kept']} pairs" + (f", cons {pc:.2f}" if pc is not None else "")
+        if (rdir / "judge-report.json").exists():  # a stopped judge: budget, no reply, or unreliable
+            pending = _json(rdir / "judge-report.json").get("pending_calls")
+            return f"partial: {pending} calls pending" if pending else "partial: judge not finished"
         if (rdir / "judge-ledger.sqlite").exists():
             return "partial: ledger"
     elif stage == "train":
         if done(cfg, k, stage):
-            m = json.loads((rdir / DONE[stage]).read_text())
+            m = _json(rdir / DONE[stage][0])
             loss = m["final"].get("loss")
             return f"done: {m['steps']} steps" + (f", loss {loss:.3f}" if loss is not None else "")
         ckpts = sorted((rdir / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -161,6 +174,13 @@ def _cell(cfg: RunConfig, k: int, stage: str) -> str:
         if (rdir / "eval" / "answers").exists():
             return "partial: answers"
     return "missing"
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({str(e).splitlines()[0][:100]})") from None
 
 
 def status(run_dir: str) -> int:

@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from conftest import rlaif_cli
+from conftest import finished_adapter, make_adapter, rlaif_cli
 from rlaif.config import load_config
 from rlaif.evaluate.stage import reward_accuracy
 from rlaif.io import PAIRS_SCHEMA, write_json, write_parquet
@@ -19,18 +19,6 @@ KEY = "sk-rlaif-eval-test-93b1d0c7e4a2"
 ENV = "RLAIF_EVAL_TEST_KEY"
 CONTRACT = ("win_rate", "win_rate_ci", "lc_win_rate", "length_coef", "policy_mean_tokens", "sft_mean_tokens",
             "position_consistency")
-
-
-def make_adapter(base, out, seed: int) -> None:
-    """A LoRA adapter with random (not zero) B, so the policy really answers differently from SFT."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
 
 
 def heldout_pairs(path, n: int = 5) -> None:
@@ -51,8 +39,8 @@ def overrides(run_dir, srv, tiny_model, *extra):
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model):
     run_dir = tmp_path_factory.mktemp("eval-run")
-    for k in (0, 1):
-        make_adapter(tiny_model, run_dir / f"round-{k}" / "train" / "adapter", seed=k)
+    for k in (0, 1):  # random adapters make the policy answer differently from SFT
+        finished_adapter(run_dir, k, tiny_model, seed=k)
     heldout_pairs(run_dir / "heldout-pairs.parquet")
     with FakeJudgeServer(api_key=KEY, policy="longer") as srv:
         args = overrides(run_dir, srv, tiny_model, "round=1", f"evaluate.pairs={run_dir / 'heldout-pairs.parquet'}")
@@ -73,8 +61,8 @@ def test_eval_json_contract_and_verdicts(evaluated):
     assert e["n_prompts"] == 6 and e["mode"] == "pairwise"
     lo, hi = e["win_rate_ci"]
     assert lo <= e["win_rate"] <= hi
-    # the "longer" judge gives the same verdict in both orders
-    assert e["n_judged_pairs"] == 0 or e["position_consistency"] == 1.0
+    # something was judged, and the "longer" judge gives the same verdict in both orders
+    assert e["n_judged_pairs"] > 0 and e["position_consistency"] == 1.0
     # every prompt that was not identical cost exactly two calls (both orders), vs SFT and vs round 0
     assert calls == 2 * (e["n_judged_pairs"] + e["vs_previous"]["n_comparisons"] - e["vs_previous"]["n_identical"])
     assert calls > 0, "random adapters should make the policy answer differently from SFT"
@@ -123,13 +111,20 @@ def test_reward_accuracy_flips_when_pairs_swap(evaluated, tiny_model):
     assert a["reward_margin_mean"] == pytest.approx(-b["reward_margin_mean"], rel=1e-4)
 
 
-def test_evaluate_needs_the_rounds_adapter(tmp_path, tiny_model):
+def test_evaluate_needs_the_rounds_finished_adapter(tmp_path, tiny_model):
     with FakeJudgeServer(api_key=KEY) as srv:
         res = rlaif_cli("evaluate", "--config", "configs/quickstart.yaml", *overrides(tmp_path, srv, tiny_model),
                         env={ENV: KEY})
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert "round 0 has no trained adapter" in res.stderr
+        # save_model writes adapter_config.json (and here the weights too) before train.manifest.json:
+        # until the manifest is there, training may still be writing (issue 11, item 6)
+        make_adapter(tiny_model, tmp_path / "round-0" / "train" / "adapter", seed=0)
+        res = rlaif_cli("evaluate", "--config", "configs/quickstart.yaml", *overrides(tmp_path, srv, tiny_model),
+                        env={ENV: KEY})
+        assert res.returncode == 2 and "round 0 has no trained adapter" in res.stderr, res.stderr[-2000:]
+        assert "train.manifest.json missing" in res.stderr
         assert srv.stats()["ok"] == 0
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert "round 0 has no trained adapter" in res.stderr
 
 
 # ----------------------------------------------------------------------------- the loop's stop rule
@@ -137,6 +132,7 @@ def test_evaluate_needs_the_rounds_adapter(tmp_path, tiny_model):
 def _finished_round(run_dir, k: int, mean_tokens: float, lc: float) -> None:
     rdir = run_dir / f"round-{k}"
     write_json(rdir / "candidates.manifest.json", {"counts": {"candidates": 4}})
+    write_json(rdir / "judge.manifest.json", {"stage": "judge", "round": k})
     write_json(rdir / "pairs.card.json", {"kept": 2, "removed": {"tie": 1}})
     write_json(rdir / "judge-report.json", {"position_consistency": 0.9})
     write_json(rdir / "train" / "train.manifest.json", {"steps": 1, "final": {"loss": 0.6}})
@@ -160,6 +156,20 @@ def test_run_stops_on_length_hacking(tmp_path):
     assert res.returncode == 2 and "no-such-model" in res.stderr and "stopped after" not in res.stdout
     st = rlaif_cli("status", str(tmp_path))
     assert st.returncode == 0 and "done: win 60%, LC 52%" in st.stdout
+
+
+def test_an_unreadable_eval_json_stops_the_run_naming_it(tmp_path):
+    """Not {} and no stop: that silently switched the length-hacking stop off (issue 11, item 8)."""
+    _finished_round(tmp_path, 0, mean_tokens=100.0, lc=0.55)
+    _finished_round(tmp_path, 1, mean_tokens=150.0, lc=0.52)
+    eval1 = tmp_path / "round-1" / "eval" / "eval.json"
+    eval1.write_text(eval1.read_text()[:40])  # damaged
+    res = rlaif_cli("run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=3",
+                    "model=tests/assets/no-such-model")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert f"{eval1}: unreadable" in lines[0] and "evaluate round 1 again" in lines[0]
+    assert not (tmp_path / "round-2").exists()
 
 
 def test_report_command_rebuilds(tmp_path):

@@ -105,6 +105,7 @@ def test_two_runs_of_one_run_folder(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         res = rlaif_cli("run", "configs/quickstart.yaml", f"run_dir={tmp_path}")
         assert res.returncode == 2 and f"in use by pid {holder.pid}" in res.stderr and "rlaif run" in res.stderr
+        assert not (tmp_path / "config.yaml").exists()  # the live run's resolved config is not overwritten
     finally:
         holder.kill()
         holder.wait()

@@ -202,7 +202,7 @@ def test_train_stage_runs_under_rlaif_train_launcher(tmp_path, monkeypatch):
                     f"open({str(record)!r}, 'w'))\nsys.exit(3)\n")
     run_dir = tmp_path / "run"
     (run_dir / "round-0").mkdir(parents=True)
-    for done in ("candidates.manifest.json", "pairs.card.json"):  # generate and judge count as done
+    for done in ("candidates.manifest.json", "judge.manifest.json", "pairs.card.json"):  # generate, judge: done
         (run_dir / "round-0" / done).write_text("{}")
     r = rlaif_cli("run", "configs/quickstart.yaml", f"run_dir={run_dir}",
                   env={"RLAIF_TRAIN_LAUNCHER": f"{sys.executable} {fake} --num_processes 2"})
