@@ -372,7 +372,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise UserError(f"{p}: config file not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
         except yaml.YAMLError as e:
             raise UserError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
         if not isinstance(data, dict):

@@ -70,3 +70,13 @@ def finished_adapter(run_dir, k: int, base, seed: int):
     write_json(adapter.parent / "train.manifest.json", {"stage": "train", "round": k, "steps": 1,
                                                         "final": {"loss": 0.69}})
     return adapter
+
+
+def kill_seed() -> int:
+    """The seed of a random kill point: $RLAIF_KILL_SEED replays a failure, else a fresh one, printed
+    (pytest shows it with the failure's captured output)."""
+    import random
+
+    seed = int(os.environ.get("RLAIF_KILL_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"kill point seed {seed} (replay: RLAIF_KILL_SEED={seed})")
+    return seed

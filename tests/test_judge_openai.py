@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, kill_seed
 from fake_openai_server import hash_pairwise, hash_score
 from rlaif.config import load_config
 from rlaif.errors import BudgetExceeded, JudgeUnreliable, UserError
@@ -240,7 +240,8 @@ def test_kill_9_at_a_random_point_then_rerun(server, tmp_path):
     server.reset()
     server.control(latency_s=0.08)
     cfg_path = config_file(tmp_path / "judge.yaml", run_dir, server)
-    threshold = random.randint(2, 30)  # of 48 calls
+    seed = kill_seed()
+    threshold = random.Random(seed).randint(2, 30)  # of 48 calls
     ledger = rd(run_dir) / "judge-ledger.sqlite"
     with open(tmp_path / "killed.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "rlaif", "judge", "--config", str(cfg_path),
@@ -255,20 +256,20 @@ def test_kill_9_at_a_random_point_then_rerun(server, tmp_path):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    assert alive, f"the run ended before the kill (threshold {threshold}): {(tmp_path / 'killed.log').read_text()}"
+    assert alive, f"the run ended before the kill (seed {seed}, threshold {threshold}): {(tmp_path / 'killed.log').read_text()}"
     done_before = {row["key"]: sha_of(row) for row in ledger_rows(run_dir) if row["status"] == "done"}
     assert len(done_before) >= threshold
 
     server.control(latency_s=0.0)
     stage.run(config(run_dir, server))
     got = judgments(run_dir)
-    assert key_of_frame(got).equals(key_of_frame(ref)), f"threshold {threshold}"
+    assert key_of_frame(got).equals(key_of_frame(ref)), f"seed {seed}, threshold {threshold}"
     rows = ledger_rows(run_dir)
     assert len(rows) == len({row["key"] for row in rows}) == 48
     assert all(row["status"] == "done" for row in rows)
     by_body = server.stats()["by_body"]
     assert {k: by_body.get(s) for k, s in done_before.items()} == {k: 1 for k in done_before}, \
-        f"a call finished before the kill was sent again (threshold {threshold})"
+        f"a call finished before the kill was sent again (seed {seed}, threshold {threshold})"
 
 
 # ----------------------------------------------------------------------------- 5: 429 storm

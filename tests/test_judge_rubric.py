@@ -333,3 +333,12 @@ def test_an_explained_reply_without_a_final_verdict_is_invalid_and_kept(api, tmp
     assert set(j["raw"]) == {"Both are fine, but I lean to A."} and set(j["error"]) == {"unparseable pairwise reply"}
     sent = api.stats()["request_params"][0]
     assert sent["max_tokens"] == 512  # explain grows the reply cap
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("run_dir: runs/caf\xe9\nprompts: x.jsonl\n".encode("latin-1"))
+    res = subprocess.run([sys.executable, "-m", "rlaif", "judge", "--config", str(bad)], capture_output=True,
+                         text=True, cwd=ROOT)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "latin1.yaml: not UTF-8 text (byte 17" in lines[0], res.stderr

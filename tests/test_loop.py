@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, rlaif_cli
+from conftest import ROOT, kill_seed, rlaif_cli
 from rlaif.io import write_json
 
 pytestmark = pytest.mark.slow
@@ -110,13 +110,6 @@ def test_a_judge_that_did_not_finish_is_not_done(tmp_path):
     assert "round 0 judge: done, skipped" not in res.stdout
     st = rlaif_cli("status", str(tmp_path))
     assert st.returncode == 0 and "partial: 5 calls pending" in st.stdout.splitlines()[1], st.stdout
-
-
-def kill_seed() -> int:
-    """The seed of a random kill point: $RLAIF_KILL_SEED replays a failure, else a fresh one, printed."""
-    seed = int(os.environ.get("RLAIF_KILL_SEED") or random.SystemRandom().randrange(2**32))
-    print(f"kill point seed {seed} (replay: RLAIF_KILL_SEED={seed})")
-    return seed
 
 
 def test_kill_9_at_a_random_stage_then_rerun_matches(clean_run, tmp_path, tiny_model):

@@ -1,7 +1,6 @@
 """The bias audit: how far the judge's verdicts can be trusted, written to judge-report.json."""
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from rlaif.stats import length_feature, length_fit_status, logistic_fit
