@@ -28,7 +28,7 @@ from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
 from rlaif.judge.session import JudgeSession, judge_model_name, same_text
-from rlaif.judge.stage import read_candidates
+from rlaif.judge.plan import read_candidates
 from rlaif.train.policy import adapter_dir, policy_base
 
 EVAL_JSON = Path("eval") / "eval.json"

@@ -149,7 +149,7 @@ def projected(cfg, js: JudgeSession, per_call: float | None) -> dict | None:
     """What judging a round's candidates would cost: the calls the judge stage would plan for them
     (rlaif/judge/stage.py judge_round) times the measured cost per call."""
     from rlaif.judge.inputs import split_inputs
-    from rlaif.judge.stage import plan_pairs, read_candidates
+    from rlaif.judge.plan import plan_pairs, read_candidates
 
     c, j = cfg.calibrate, cfg.judge
     rdir = Path(c.run_dir or cfg.run_dir) / f"round-{cfg.round if c.round is None else c.round}"
