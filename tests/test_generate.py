@@ -14,7 +14,7 @@ from rlaif.config import GenerateConfig, RunConfig, load_config
 from rlaif.errors import UserError
 from rlaif.io import CANDIDATES_SCHEMA, read_prompts
 import rlaif.generate as generate
-from rlaif.generate import stage as gstage
+from rlaif.generate import spawn, stage as gstage
 
 
 def _cfg(tmp_path, model, *extra):
@@ -209,5 +209,5 @@ def test_unreadable_worker_stats_are_counted_and_reported(tmp_path, tiny_model, 
 def test_data_parallel_without_torch_says_it_runs_on_cpu(monkeypatch, capsys):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-    assert gstage._visible_gpus() == []
+    assert spawn.visible_gpus() == []
     assert "torch is not importable here: workers run on CPU" in capsys.readouterr().out

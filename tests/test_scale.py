@@ -125,7 +125,7 @@ def test_data_parallel_gives_each_worker_its_own_gpus(tmp_path, tiny_model, monk
         def poll(self):
             return 0
 
-    monkeypatch.setattr(gstage, "_start", FakePopen)
+    monkeypatch.setattr("rlaif.generate.spawn.start", FakePopen)
     cfg = load_config(ROOT / "configs/quickstart.yaml",
                       [f"run_dir={tmp_path}", f"model={tiny_model}", *SMALL, "generate.data_parallel_size=2",
                        "generate.tensor_parallel_size=2", "generate.worker=1/3"])
@@ -153,7 +153,7 @@ def test_failing_worker_fails_the_stage_with_its_exit_code(tmp_path, tiny_model,
         def poll(self):
             return self.code
 
-    monkeypatch.setattr(gstage, "_start", FakePopen)
+    monkeypatch.setattr("rlaif.generate.spawn.start", FakePopen)
     cfg = load_config(ROOT / "configs/quickstart.yaml",
                       [f"run_dir={tmp_path}", f"model={tiny_model}", *SMALL, "generate.data_parallel_size=2"])
     with pytest.raises(gstage.WorkerFailed, match="worker 1/2 failed") as e:

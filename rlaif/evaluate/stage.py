@@ -63,12 +63,12 @@ def heldout_prompts(cfg: RunConfig) -> pl.DataFrame:
 
 def answers(cfg: RunConfig, prompts: pl.DataFrame, k: int | None) -> pl.DataFrame:
     """Round k's policy answers (k=None: the SFT model's), generated if not there yet."""
-    from rlaif.generate.stage import run as generate
+    from rlaif.generate import sample_prompts
 
     e = cfg.evaluate
     upd = {"n": 1, "temperature": e.temperature, "max_tokens": e.max_tokens or cfg.generate.max_tokens,
            "max_prompts": None, "model": None, "adapter": None,
-           # one process: the answers are few, and spawned shard workers would not know out_dir/tag
+           # sample_prompts runs in this process: the answers are few; worker settings do not apply
            "data_parallel_size": 1, "worker": None}
     if k is not None:
         adapter = adapter_dir(cfg, k)
@@ -79,8 +79,8 @@ def answers(cfg: RunConfig, prompts: pl.DataFrame, k: int | None) -> pl.DataFram
         upd.update(model=policy_base(cfg, k), adapter=str(adapter.resolve()))
     sub = cfg.model_copy(update={"generate": cfg.generate.model_copy(update=upd), "round": 0 if k is None else k})
     out = sft_dir(cfg) if k is None else answers_dir(cfg, k)
-    generate(sub, out_dir=out, prompts=prompts, tag="eval-sft" if k is None else f"eval-r{k}",
-             desc="evaluate: SFT answers" if k is None else f"evaluate: round {k} answers")
+    sample_prompts(sub, prompts, out, tag="eval-sft" if k is None else f"eval-r{k}",
+                   desc="evaluate: SFT answers" if k is None else f"evaluate: round {k} answers")
     return read_candidates(out)
 
 

@@ -1,7 +1,10 @@
 """generate: sample N candidate responses per prompt into parquet shards plus a manifest.
 
     rlaif generate --config configs/quickstart.yaml [key=value ...]
-"""
-from rlaif.generate.stage import run
 
-__all__ = ["run"]
+`run(cfg)` is the stage; `sample_prompts(cfg, prompts, out_dir, tag=..., desc=...)` samples given
+prompts into a folder of its own (the evaluate stage's held-out answers).
+"""
+from rlaif.generate.stage import run, sample_prompts
+
+__all__ = ["run", "sample_prompts"]

@@ -4,8 +4,10 @@ The stage hands prompts sorted by length, so consecutive batches carry little pa
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 from rlaif.config import GenerateConfig
-from rlaif.generate.backends import Sample
+from rlaif.generate.backends import Done, Request, Sample
 from rlaif.models import default_dtype, left_pad
 
 
@@ -57,12 +59,19 @@ class TransformersBackend:
         r, copies = self.returns, self.cfg.n // self.returns
         return [samples[i * r:(i + 1) * r] * copies for i in range(len(prompts))]
 
-    def generate(self, prompts: list[list[int]], seed: int) -> list[list[Sample]]:
+    def generate(self, shards: list[list[Request]]) -> Iterator[Done]:
+        """One shard at a time, in batches of batch_size, seeded per shard. model.generate draws every
+        row of a batch from the one global torch RNG, so a prompt's samples depend on its batch-mates:
+        a per-prompt generator would mean batch size 1 or a sampling loop of our own. The shard's seed
+        is its first prompt's, so a resumed shard samples the same tokens; rows depend on shard_size
+        (it is in the fingerprint). The vllm backend seeds per prompt and does not."""
         import torch
 
-        torch.manual_seed(seed)  # one seed per shard: a resumed shard samples the same tokens
-        out: list[list[Sample]] = []
         bs = self.cfg.batch_size
-        for i in range(0, len(prompts), bs):
-            out.extend(self._batch(prompts[i:i + bs]))
-        return out
+        for shard in shards:
+            seed = shard[0].seed
+            torch.manual_seed(seed)
+            for i in range(0, len(shard), bs):
+                batch = shard[i:i + bs]
+                for req, samples in zip(batch, self._batch([r.token_ids for r in batch])):
+                    yield Done(req, seed, samples)

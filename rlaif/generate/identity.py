@@ -21,7 +21,9 @@ from rlaif.models import folder_id
 # Settings that never change a row: how the work is split, how much GPU memory it may take, how many
 # LoRA slots vLLM reserves; the model and adapter enter by content instead of by path.
 NOT_IN_ROWS = {"worker", "data_parallel_size", "gpu_memory_utilization", "max_lora_rank", "model", "adapter"}
-FINGERPRINT_VERSION = 2  # 1: paths and non-default settings only
+# 1: paths and non-default settings only; 2: vLLM seeded each prompt by its index in its shard;
+# 3: each prompt by (seed, round, prompt_id) (issue 14)
+FINGERPRINT_VERSION = 3
 
 
 def fingerprint_inputs(cfg: RunConfig, prompts: pl.DataFrame, model_path: str, tag: str | None = None) -> dict:

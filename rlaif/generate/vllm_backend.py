@@ -1,12 +1,28 @@
-"""vLLM backend (GPU; also the community CPU build): `LLM.generate` with `n`, per-prompt seeds,
-prefix caching, tensor parallelism and a LoRA adapter for later rounds.
+"""vLLM backend (GPU; also the community CPU build): one engine queue for all of a run's prompts,
+`n` samples per prompt, a seed per prompt, prefix caching, tensor parallelism, a LoRA adapter.
+
+vLLM's maintainers: put every prompt into one call to maximise throughput (vllm-project/vllm#1315);
+a call per shard waits for its longest sequence while the engine drains. So the backend keeps one
+queue topped up to WINDOW_SEQS sequences (bounded memory for a run of any size) and hands each
+prompt back the moment it finishes, which lets the stage write a shard as soon as its prompts are
+done. It is what `LLM.generate` does inside (vllm/entrypoints/common/offline.py, `_run_engine`):
+`LLM.enqueue` adds requests, `llm_engine.step()` returns the ones that finished.
 
 vLLM spawns worker processes: the CLI entry point keeps the `if __name__ == "__main__"` guard.
 """
 from __future__ import annotations
 
+import os
+from collections import deque
+from typing import Iterator
+
 from rlaif.config import GenerateConfig
-from rlaif.generate.backends import Sample
+from rlaif.generate.backends import Done, Request, Sample
+
+# Sequences (prompts x n) in the engine at once. vLLM schedules max_num_seqs of them per step (256
+# by default) and queues the rest; the window only bounds what waits in host memory. Rows do not
+# depend on it (a seed per request), so it is not in the fingerprint; RLAIF_VLLM_WINDOW_SEQS sets it.
+WINDOW_SEQS = 4096
 
 
 class VLLMBackend:
@@ -14,6 +30,7 @@ class VLLMBackend:
         from vllm import LLM
 
         self.cfg = cfg
+        self.window = int(os.environ.get("RLAIF_VLLM_WINDOW_SEQS", WINDOW_SEQS))
         kwargs = dict(
             model=model, tokenizer=model, seed=seed, dtype=cfg.dtype,
             tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
@@ -25,19 +42,36 @@ class VLLMBackend:
             kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
         self.llm = LLM(**kwargs)
         self.lora = None
+        self.stats = {"window_seqs": self.window, "peak_engine_requests": 0}
         if cfg.adapter:
             from vllm.lora.request import LoRARequest
 
             self.lora = LoRARequest("policy", 1, cfg.adapter)
 
-    def generate(self, prompts: list[list[int]], seed: int) -> list[list[Sample]]:
+    def _params(self, seed: int):
         from vllm import SamplingParams
 
         c = self.cfg
-        # A seed per request makes each prompt's samples independent of batching and sharding.
-        params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or -1,
-                                 max_tokens=c.max_tokens, seed=seed + i) for i in range(len(prompts))]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
-                                 lora_request=self.lora, use_tqdm=False)
-        return [[Sample(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
-                 for o in out.outputs] for out in outs]
+        # vLLM draws child j of an n-sample request with seed + j (vllm/v1/engine/parallel_sampling.py)
+        return SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or -1,
+                              max_tokens=c.max_tokens, seed=seed)
+
+    def generate(self, shards: list[list[Request]]) -> Iterator[Done]:
+        queue = deque(r for shard in shards for r in shard)
+        engine, in_flight = self.llm.llm_engine, {}
+        while queue or in_flight:
+            while queue and (not in_flight or (len(in_flight) + 1) * self.cfg.n <= self.window):
+                req = queue.popleft()
+                (rid,) = self.llm.enqueue([{"prompt_token_ids": req.token_ids}], [self._params(req.seed)],
+                                          lora_request=self.lora, use_tqdm=False)
+                # enqueue returns the engine's id, LLM's counter plus a random suffix
+                # (vllm/v1/engine/input_processor.py, assign_request_id); outputs carry the counter alone
+                in_flight[rid.split("-", 1)[0]] = req
+            # what the engine itself holds (one request per sequence): the worker record keeps the peak
+            self.stats["peak_engine_requests"] = max(self.stats["peak_engine_requests"],
+                                                     engine.get_num_unfinished_requests())
+            for out in engine.step():
+                if out.finished:
+                    req = in_flight.pop(out.request_id)
+                    yield Done(req, req.seed, [Sample(o.text, len(o.token_ids), "length" if o.finish_reason ==
+                                                      "length" else "stop") for o in out.outputs])
