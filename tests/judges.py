@@ -80,7 +80,8 @@ class ScriptedJudge:
 def revise_text(b: dict) -> tuple[str, str]:
     """(text, finish_reason) of a critique or revision of b["original"]. Markers in the original:
     MUTE: an empty critique; UNCHANGED: the revision is the original; RAMBLE: the revision is cut off;
-    WORSEN: the revision is the original's first half (the judge prefers the original in both orders).
+    WORSEN: the revision is the original's first half (the judge prefers the original in both orders);
+    ECHO: the revision comes in the prompt's data markers, then the reply rambles on to its cap.
     Otherwise the revision is the original as a numbered list with one more step, so it wins."""
     orig = b["original"]
     if "critique" not in b:
@@ -89,7 +90,10 @@ def revise_text(b: dict) -> tuple[str, str]:
         return orig, "stop"
     if "WORSEN" in orig:
         return orig[: len(orig) // 2], "stop"
-    return f"1. {orig}\n2. Check that it worked.", "length" if "RAMBLE" in orig else "stop"
+    revised = f"1. {orig}\n2. Check that it worked."
+    if "ECHO" in orig:
+        return f"<<<BEGIN_DATA id=original>>\n{revised}\n<<<END_DATA id=original>>\nThe response is", "length"
+    return revised, "length" if "RAMBLE" in orig else "stop"
 
 
 def write_candidates(run_dir, texts: dict, finish: str = "stop"):

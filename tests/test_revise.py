@@ -301,6 +301,16 @@ def test_score_mode_confirms_by_score_under_the_principle(scripted, tmp_path):
     assert len(confirms) == 3 * 2 and all("The principle: " in x.messages[0]["content"] for x in confirms)
 
 
+def test_a_revision_wrapped_in_the_data_markers_is_unwrapped(scripted, tmp_path):
+    write_listy(tmp_path, {"p6": ["ECHO " + listy(0), listy(2)]})
+    stage.run(local_cfg(tmp_path, scripted))
+    rev = revisions(tmp_path).row(0, named=True)
+    assert rev["status"] == "ok" and rev["revision"] == f"1. ECHO {listy(0)}\n2. Check that it worked."
+    row = next(r for r in ledger_rows(tmp_path) if r["kind"] == "revision")
+    assert row["verdict"] == "cut_off" and row["rationale"].startswith("<<<BEGIN_DATA")  # the ledger keeps the reply
+    assert pairs(tmp_path)["chosen"].to_list() == [rev["revision"]]
+
+
 def test_user_templates_and_a_critic_of_its_own(scripted, tmp_path):
     tpl = tmp_path / "my-critique.yaml"
     tpl.write_text(yaml.safe_dump({"system": "Critic. {criteria}", "user": "{conversation}\n<<<BEGIN_DATA "

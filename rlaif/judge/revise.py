@@ -12,13 +12,17 @@ per prompt, one sampled response (the first by candidate_id that was not cut off
    its criteria), prompt, original, critique (revisions) and reply cap; budgets, retries, rate limits
    and the Batch API as for judging. Replies are ledger rows of kind critique/revision: verdict
    "text" (or "cut_off"), the text in `rationale`, the reply as received in `raw`;
-3. a revision left unchanged (same text up to whitespace) or cut off is dropped, never confirmed;
+3. a revision left unchanged (same text up to whitespace) or cut off is dropped, never confirmed. A
+   reply that wraps its revision in the data markers it was shown (small models copy the prompt's
+   format, then ramble on) is unwrapped: the revision is the first marked block, complete once closed;
 4. with revise.confirm the judge compares revision and original under the same principle (pairwise:
    both orders; judge.mode=score: each scored): the filter keeps only a revision that wins.
 round-K/revisions.parquet (REVISIONS_SCHEMA) says what happened to each; the filter
 (rlaif/judge/revise_pairs.py) turns it and the confirmations into pairs and counts.
 """
 from __future__ import annotations
+
+import re
 
 import polars as pl
 
@@ -35,6 +39,21 @@ REVISIONS_SCHEMA = pl.Schema({
     "principle_index": pl.Int32, "principle": pl.String, "critique": pl.String, "revision": pl.String,
     "revision_tokens": pl.Int32, "status": pl.String, "confirm_keys": pl.List(pl.String), "round": pl.Int32,
 })
+
+
+# The first <<<BEGIN_DATA ...>>> ... <<<END_DATA ...>>> block of a reply; the 135M demo model writes ">>".
+WRAPPED = re.compile(r"^\s*<<<\s*BEGIN_DATA[^\n>]*>>>?[ \t]*\n?(.*?)\n?<<<\s*END_DATA[^\n>]*>>>?", re.DOTALL)
+
+
+def unwrap(row: dict) -> tuple[str, bool, int]:
+    """(revision text, complete, tokens) of a finished revision row. Tokens are the critic's count,
+    scaled by the characters kept when the text was unwrapped from a marked block."""
+    text, tokens = row["rationale"] or "", row["output_tokens"] or 0
+    m = WRAPPED.match(text)
+    if not m:
+        return text, row["verdict"] == "text", tokens
+    inner = m.group(1).strip()
+    return inner, True, max(1, round(tokens * len(inner) / max(len(text), 1)))
 
 
 def principle_index(cfg, prompt_id: str) -> int:
@@ -92,9 +111,12 @@ def status_of(crit: dict | None, rev: dict | None, original: str) -> str:
         return "pending"
     if rev["verdict"] == "invalid":
         return "revision_failed"
-    if rev["verdict"] == "cut_off":
+    text, complete, _ = unwrap(rev)
+    if not complete:
         return "revision_cut_off"
-    return "revision_unchanged" if same_text(rev["rationale"], original) else "ok"
+    if not text:
+        return "revision_failed"
+    return "revision_unchanged" if same_text(text, original) else "ok"
 
 
 def revise_round(js: JudgeSession, cfg, accepted: pl.DataFrame) -> list:
@@ -146,8 +168,7 @@ def _statuses_and_confirmations(js: JudgeSession, cfg, rows, crit, rev, got) -> 
         c, v = got.get(crit[cid].key), got.get(rev[cid].key) if cid in rev else None
         r["status"] = status_of(c, v, r["response"])
         r["revision_id"] = f"{cid}-rev"
-        r["revision"] = v["rationale"] if v else None
-        r["revision_tokens"] = v["output_tokens"] if v else None  # the critic's count (the policy's when local)
+        r["revision"], _, r["revision_tokens"] = unwrap(v) if v else (None, False, None)  # tokens: the critic's count
         r["confirm_keys"] = []
         if r["status"] == "ok" and cfg.revise.confirm:
             spec = T.principle_spec(js.spec, r["principle"])  # the judge's templates, the pair's principle
