@@ -1,7 +1,7 @@
 """Throughput of `rlaif generate` against a bare hand-written `model.generate` loop, same work.
 
     .venv/bin/python bench/generate.py [--n 4 --max-tokens 64 --reps 3 --out cpu.json]   # CPU, ~2-4 min
-    .venv/bin/python bench/generate.py --backend vllm --model /path/to/model   # GPU: bench/generate_vllm.py
+    .venv-vllm/bin/python bench/generate.py --backend vllm --enforce-eager --prompts-count 72   # bench/generate_vllm.py
 
 Useful tokens are counted the same way on both sides: generated tokens up to and including the
 first EOS. rlaif's side runs the real stage (fresh run_dir per repetition) and reads tokens and
@@ -39,19 +39,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     p.add_argument("--model", default="demo", help="model folder (default: the offline demo model)")
     p.add_argument("--prompts", default=str(ROOT / "tests/assets/prompts.jsonl"))
+    p.add_argument("--prompts-count", type=int, help="instead of --prompts: this many prompts made from the "
+                   "shipped quickstart prompts (each with a varied answer style past the first 40)")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=None, help="default: all prompts in one shard")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--enforce-eager", action="store_true", help="vllm: no CUDA graphs / compile (the CPU build)")
+    p.add_argument("--max-model-len", type=int, default=1024, help="vllm: engine context length")
     p.add_argument("--out", help="also write the result as JSON here")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # vllm mode: one side, one repetition, in a child
-    p.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from rlaif.models import resolve_model
 
     args.model = resolve_model(args.model)  # "demo" -> its cached folder, for the bare side too
+    if args.prompts_count:
+        args.prompts = make_prompts(args.prompts_count)
     return args
+
+
+STYLES = ["Answer in one sentence.", "Answer as a short bulleted list.", "Explain it to a child.",
+          "Be as brief as you can."]
+
+
+def make_prompts(count: int) -> str:
+    """`count` distinct prompts: the quickstart and held-out prompts, then the same with a style asked for."""
+    from rlaif.io import read_prompts
+
+    base = [m[-1]["content"] for f in ("quickstart.jsonl", "quickstart-heldout.jsonl")
+            for m in read_prompts(ROOT / "configs/prompts" / f)["messages"].to_list()]
+    rows = [{"prompt_id": f"b{i:04d}", "prompt": base[i % len(base)] + (
+        "" if i < len(base) else " " + STYLES[(i // len(base) - 1) % len(STYLES)])} for i in range(count)]
+    path = Path(tempfile.mkdtemp(prefix="rlaif-bench-prompts-")) / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
 
 
 def load_chats(args) -> list[list[dict]]:
@@ -60,19 +81,20 @@ def load_chats(args) -> list[list[dict]]:
     return read_prompts(args.prompts)["messages"].to_list()
 
 
-def rlaif_run(args, rep: int, backend: str) -> dict:
+def rlaif_run(args, rep: int, backend: str, shard: int | None = None, extra: list[str] = ()) -> dict:
     """One real `rlaif generate` in a fresh run_dir; figures from its manifest."""
     from rlaif.config import load_config
     from rlaif.generate.stage import MANIFEST, run
 
-    shard = args.shard_size or len(load_chats(args))
+    shard = shard or args.shard_size or len(load_chats(args))
     with tempfile.TemporaryDirectory(prefix="rlaif-bench-") as d:
         cfg = load_config(None, [f"run_dir={d}", f"model={args.model}", f"prompts={args.prompts}", f"seed={rep}",
                                  f"generate.backend={backend}", f"generate.n={args.n}",
                                  f"generate.max_tokens={args.max_tokens}", f"generate.temperature={TEMPERATURE}",
                                  f"generate.top_p={TOP_P}", f"generate.top_k={TOP_K}",
                                  f"generate.batch_size={args.batch_size}",
-                                 f"generate.shard_size={shard}"])
+                                 f"generate.shard_size={shard}", f"generate.max_model_len={args.max_model_len}",
+                                 *extra])
         run(cfg)
         m = json.loads((cfg.round_dir() / MANIFEST).read_text())
     t = m["timing"]
@@ -146,7 +168,7 @@ def report(args, results: dict, baseline: str) -> dict:
         per = {k: ", ".join(str(r.get(k, "-")) for r in rs) for k in ("tok_s", "tokens", "cpu_per_wall")}
         print(f"| {name} | {med[name]:.1f} | {ratio[name]:.3f} | {per['tok_s']} | {per['tokens']} | "
               f"{per['cpu_per_wall']} |")
-    out = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "rep", "out")},
+    out = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "transformers": transformers.__version__, "threads": torch.get_num_threads()},
            "results": results, "baseline": baseline, "median_tok_s": med, "ratio_vs_baseline": ratio}

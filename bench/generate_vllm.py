@@ -1,72 +1,101 @@
-"""GPU mode of bench/generate.py: rlaif's vllm backend vs a bare `vllm.LLM.generate` vs rlaif's
-transformers backend, on the same prompts and sampling settings.
+"""vLLM mode of bench/generate.py: rlaif's vllm backend (one engine queue for the whole round) against
+one bare `LLM.generate` over all prompts, and the old behaviour (one `LLM.generate` per shard), at
+shard sizes 4 and 64; same prompts, sampling and n.
 
-    .venv/bin/python bench/generate.py --backend vllm --model /path/to/model --n 8 --max-tokens 256 --out gpu.json
+    .venv-vllm/bin/python bench/generate.py --backend vllm --enforce-eager --prompts-count 72 --reps 2  # CPU build
+    python bench/generate.py --backend vllm --model /path/to/model --n 8 --max-tokens 256 --prompts big.jsonl  # GPU
 
-Every side x repetition runs in its own child process: two vLLM engines in one process fight over
-GPU memory, and a dropped `LLM` does not reliably hand its memory back. Each child loads its model
-(untimed) and reports tokens and seconds of generation only, counted as in bench/generate.py.
+One engine, built with rlaif's own engine arguments, serves every side in this one process (two
+engines would fight over GPU memory); its prefix cache is reset before each side so none reuses
+another's prefill. rlaif's sides run the real stage (plan, rows, parquet writes, manifest) with that
+engine handed to the backend; their seconds are the stage's sampling loop (timing.generate_s, which
+holds the shard writes: they overlap the engine now). The old per-shard loop is kept here, below, as
+it was in rlaif/generate/vllm_backend.py before issue 14.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
+from unittest import mock
 
 import generate as bench  # sibling file: shared args, rlaif runner, interleaving and table
 
-SIDES = ["bare LLM.generate", "rlaif generate (vllm)", "rlaif generate (transformers)"]
+SHARDS = (4, 64)
 
 
-def bare_vllm(args, rep: int) -> dict:
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+def bare(llm, prompts: list[dict], args, seeded: bool) -> dict:
+    """One call over every prompt: vllm-project/vllm#1315's advice. `seeded`: a seed per prompt, as rlaif
+    sends (vLLM then draws each request from its own generator), else one SamplingParams for all."""
+    from vllm import SamplingParams
 
-    tok = AutoTokenizer.from_pretrained(args.model)
-    prompts = [{"prompt_token_ids": tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=True)["input_ids"]}
-               for c in bench.load_chats(args)]
-    # rlaif's own engine settings (dtype auto, prefix caching, 0.85 of memory); one SamplingParams for
-    # all prompts, the plain way: rlaif's per-request seeds are part of what is measured
-    llm = LLM(model=args.model, seed=rep, dtype="auto", enable_prefix_caching=True, gpu_memory_utilization=0.85)
-    params = SamplingParams(n=args.n, temperature=bench.TEMPERATURE, top_p=bench.TOP_P,
-                            top_k=bench.TOP_K or -1, max_tokens=args.max_tokens)  # -1: off, as rlaif maps 0
+    def params(i):
+        return SamplingParams(n=args.n, temperature=bench.TEMPERATURE, top_p=bench.TOP_P, top_k=bench.TOP_K or -1,
+                              max_tokens=args.max_tokens, seed=1000 + i if seeded else None)  # -1: off, as rlaif maps 0
+
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    outs = llm.generate(prompts, [params(i) for i in range(len(prompts))] if seeded else params(0), use_tqdm=False)
     seconds = time.perf_counter() - t0
     # token_ids holds the stop token when a sample ends on EOS: the same count as rlaif's num_tokens
     return {"tokens": sum(len(o.token_ids) for out in outs for o in out.outputs), "seconds": round(seconds, 3)}
 
 
-def worker(args) -> None:
-    """Child: one side, one repetition; the result is the last stdout line."""
-    if args.worker == SIDES[0]:
-        r = bare_vllm(args, args.rep)
-    else:
-        r = bench.rlaif_run(args, args.rep, "vllm" if "vllm" in args.worker else "transformers")
-    print("RESULT " + json.dumps(r), flush=True)
+class OldPerShard:
+    """The pre-issue-14 backend loop: `LLM.generate` once per shard, seeds from the shard's seed plus
+    the prompt's index in it; each call drains the engine before the next starts."""
+
+    def __init__(self, llm, cfg) -> None:
+        self.llm, self.cfg = llm, cfg
+
+    def generate(self, shards):
+        from vllm import SamplingParams
+
+        from rlaif.generate.backends import Done, Sample
+
+        c = self.cfg
+        for shard in shards:
+            seed = shard[0].seed
+            params = [SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or -1,
+                                     max_tokens=c.max_tokens, seed=seed + i) for i in range(len(shard))]
+            outs = self.llm.generate([{"prompt_token_ids": r.token_ids} for r in shard], params, use_tqdm=False)
+            for req, out in zip(shard, outs):
+                yield Done(req, seed, [Sample(o.text, len(o.token_ids), "length" if o.finish_reason == "length"
+                                              else "stop") for o in out.outputs])
 
 
-def child(args, side: str, rep: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).with_name("generate.py")), "--backend", "vllm", "--worker", side,
-           "--rep", str(rep), "--model", args.model, "--prompts", args.prompts, "--n", str(args.n),
-           "--max-tokens", str(args.max_tokens), "--batch-size", str(args.batch_size)]
-    if args.shard_size:
-        cmd += ["--shard-size", str(args.shard_size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.exit(f"{side} rep {rep} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+def rlaif_side(llm, args, rep: int, shard: int, old: bool) -> dict:
+    from rlaif.generate.vllm_backend import VLLMBackend
+
+    def load(name, model, cfg, seed):
+        return OldPerShard(llm, cfg) if old else VLLMBackend(model, cfg, seed, llm=llm)
+
+    with mock.patch("rlaif.generate.backends.load_backend", load):
+        return bench.rlaif_run(args, rep, "vllm", shard=shard, extra=[f"generate.enforce_eager={args.enforce_eager}"])
 
 
 def main(args) -> int:
-    if args.worker:
-        worker(args)
-        return 0
-    sides = {s: (lambda rep, s=s: child(args, s, rep)) for s in SIDES}
-    out = bench.report(args, bench.interleave(sides, args.reps, cpu=False), SIDES[0])
-    print(f"\nrlaif (vllm) / bare = {out['ratio_vs_baseline'][SIDES[1]]:.3f} (target >= 0.9)")
+    from vllm import LLM
+
+    from rlaif.config import GenerateConfig
+    from rlaif.generate.vllm_backend import engine_args
+
+    g = GenerateConfig(backend="vllm", enforce_eager=args.enforce_eager, max_model_len=args.max_model_len)
+    llm = LLM(**engine_args(args.model, g, 0))
+    tok = llm.get_tokenizer()
+    prompts = [{"prompt_token_ids": tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=True)["input_ids"]}
+               for c in bench.load_chats(args)]
+    sides = {"bare LLM.generate (one call)": lambda rep: bare(llm, prompts, args, False),
+             "bare LLM.generate (one call, seed per prompt)": lambda rep: bare(llm, prompts, args, True)}
+    for s in SHARDS:
+        sides[f"rlaif vllm, shard_size {s}"] = lambda rep, s=s: rlaif_side(llm, args, rep, s, old=False)
+        sides[f"old per-shard calls, shard_size {s}"] = lambda rep, s=s: rlaif_side(llm, args, rep, s, old=True)
+
+    def fresh(fn):  # no side reuses another's prefill
+        return lambda rep: (llm.reset_prefix_cache(), fn(rep))[1]
+
+    bare(llm, prompts[:2], args, False)  # warm-up, untimed
+    results = bench.interleave({k: fresh(f) for k, f in sides.items()}, args.reps)
+    out = bench.report(args, results, "bare LLM.generate (one call)")
+    for s in SHARDS:
+        print(f"rlaif (vllm) / bare at shard_size {s} = {out['ratio_vs_baseline'][f'rlaif vllm, shard_size {s}']:.3f} "
+              f"(target >= 0.95); old per-shard: {out['ratio_vs_baseline'][f'old per-shard calls, shard_size {s}']:.3f}")
     return 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
-from rlaif.config import GenerateConfig
+if TYPE_CHECKING:  # pydantic stays out of the backends' runtime (bench/gpu_smoke.py runs without it)
+    from rlaif.config import GenerateConfig
 
 BACKENDS = {
     "transformers": "rlaif.generate.hf:TransformersBackend",

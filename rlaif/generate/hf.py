@@ -4,11 +4,13 @@ The stage hands prompts sorted by length, so consecutive batches carry little pa
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from rlaif.config import GenerateConfig
 from rlaif.generate.backends import Done, Request, Sample
 from rlaif.models import default_dtype, left_pad
+
+if TYPE_CHECKING:  # pydantic stays out of the backends' runtime (bench/gpu_smoke.py runs without it)
+    from rlaif.config import GenerateConfig
 
 
 class TransformersBackend:

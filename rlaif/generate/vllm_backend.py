@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from rlaif.config import GenerateConfig
 from rlaif.generate.backends import Done, Request, Sample
+
+if TYPE_CHECKING:
+    from rlaif.config import GenerateConfig
 
 # Sequences (prompts x n) in the engine at once. vLLM schedules max_num_seqs of them per step (256
 # by default) and queues the rest; the window only bounds what waits in host memory. Rows do not
@@ -25,24 +27,29 @@ from rlaif.generate.backends import Done, Request, Sample
 WINDOW_SEQS = 4096
 
 
-class VLLMBackend:
-    def __init__(self, model: str, cfg: GenerateConfig, seed: int) -> None:
-        from vllm import LLM
+def engine_args(model: str, cfg: GenerateConfig, seed: int) -> dict:
+    """`vllm.LLM` keyword arguments for these settings (the bench builds its engine with them too)."""
+    kwargs = dict(model=model, tokenizer=model, seed=seed, dtype=cfg.dtype,
+                  tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
+                  gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager)
+    if cfg.max_model_len:
+        kwargs["max_model_len"] = cfg.max_model_len
+    if cfg.adapter:
+        kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
+    return kwargs
 
-        self.cfg = cfg
+
+class VLLMBackend:
+    def __init__(self, model: str, cfg: GenerateConfig, seed: int, llm=None) -> None:
+        """`llm`: an engine already built with engine_args (bench/generate_vllm.py shares one across sides)."""
+        if llm is None:
+            from vllm import LLM
+
+            llm = LLM(**engine_args(model, cfg, seed))
+        self.llm, self.cfg = llm, cfg
         self.window = int(os.environ.get("RLAIF_VLLM_WINDOW_SEQS", WINDOW_SEQS))
-        kwargs = dict(
-            model=model, tokenizer=model, seed=seed, dtype=cfg.dtype,
-            tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
-            gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-        )
-        if cfg.max_model_len:
-            kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.adapter:
-            kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
-        self.llm = LLM(**kwargs)
-        self.lora = None
         self.stats = {"window_seqs": self.window, "peak_engine_requests": 0}
+        self.lora = None
         if cfg.adapter:
             from vllm.lora.request import LoRARequest
 
