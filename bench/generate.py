@@ -148,12 +148,14 @@ def interleave(sides: dict, reps: int, cpu: bool = True) -> dict[str, list[dict]
             r["tok_s"] = round(r["tokens"] / r["seconds"], 2)
             if cpu:  # this process's CPU s per wall s: well under its thread count = other work took the cores
                 r["cpu_per_wall"] = round((time.process_time() - c0) / (time.perf_counter() - w0), 2)
+            r["load_1min"] = round(os.getloadavg()[0], 2)  # the machine's: other engineers' jobs show here
             results[name].append(r)
             print(f"[rep {rep}] {name}: {r['tokens']} tokens in {r['seconds']:.2f} s = {r['tok_s']} tok/s "
-                  f"(cpu/wall {r.get('cpu_per_wall', '-')})", flush=True)
+                  f"(cpu/wall {r.get('cpu_per_wall', '-')}, load {r['load_1min']})", flush=True)
     for name in [n for n, rs in results.items() if "seconds_with_writes" in rs[0]]:  # a derived row, same runs
         results[f"{name} (incl. shard writes)"] = [
             {"tokens": r["tokens"], "seconds": r["seconds_with_writes"], "cpu_per_wall": r.get("cpu_per_wall", "-"),
+             "load_1min": r["load_1min"],
              "tok_s": round(r["tokens"] / r["seconds_with_writes"], 2)} for r in results[name]]
     return results
 
@@ -162,12 +164,12 @@ def report(args, results: dict, baseline: str) -> dict:
     """Print the markdown table; return (and maybe write) everything as JSON."""
     med = {name: statistics.median(r["tok_s"] for r in rs) for name, rs in results.items()}
     ratio = {n: round(v / med[baseline], 3) for n, v in med.items()}
-    print("\n| side | median tok/s | vs bare | per-rep tok/s | per-rep tokens | per-rep cpu/wall |\n"
-          "|---|---:|---:|---|---|---|")
+    print("\n| side | median tok/s | vs bare | per-rep tok/s | per-rep tokens | per-rep cpu/wall | per-rep load |\n"
+          "|---|---:|---:|---|---|---|---|")
     for name, rs in results.items():
-        per = {k: ", ".join(str(r.get(k, "-")) for r in rs) for k in ("tok_s", "tokens", "cpu_per_wall")}
+        per = {k: ", ".join(str(r.get(k, "-")) for r in rs) for k in ("tok_s", "tokens", "cpu_per_wall", "load_1min")}
         print(f"| {name} | {med[name]:.1f} | {ratio[name]:.3f} | {per['tok_s']} | {per['tokens']} | "
-              f"{per['cpu_per_wall']} |")
+              f"{per['cpu_per_wall']} | {per['load_1min']} |")
     out = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                        "transformers": transformers.__version__, "threads": torch.get_num_threads()},

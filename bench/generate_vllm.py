@@ -93,7 +93,7 @@ def main(args) -> int:
         return lambda rep: (llm.reset_prefix_cache(), fn(rep))[1]
 
     bare(llm, prompts[:2], args, False)  # warm-up, untimed
-    results = bench.interleave({k: fresh(f) for k, f in sides.items()}, args.reps)
+    results = bench.interleave({k: fresh(f) for k, f in sides.items()}, args.reps, cpu=False)  # the engine runs in its own process
     out = bench.report(args, results, "bare LLM.generate (one call)")
     for s in SHARDS:
         print(f"rlaif (vllm) / bare at shard_size {s} = {out['ratio_vs_baseline'][f'rlaif vllm, shard_size {s}']:.3f} "

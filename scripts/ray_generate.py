@@ -6,7 +6,7 @@
 
 Task i runs `python -m rlaif generate --config FILE OVERRIDES generate.worker=i/N` on whatever node Ray
 places it, holding `generate.tensor_parallel_size` GPUs (Ray sets CUDA_VISIBLE_DEVICES for it). Each
-worker samples the shards i, i+N, i+2N, ... of the round's fixed plan, with the same per-shard seeds and
+worker samples the shards i, i+N, i+2N, ... of the round's fixed plan, with the same per-prompt seeds and
 files as a single-machine run, so the rows are the same, and a task killed or retried resumes at its
 first missing shard. A final `rlaif generate` (here, no model loaded) writes candidates.manifest.json.
 
