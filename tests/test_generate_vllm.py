@@ -14,13 +14,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ROOT, kill_seed, rlaif_cli
+from conftest import ASSETS, ROOT, kill_seed, rlaif_cli
 
 pytestmark = pytest.mark.slow
 PROMPTS = 6
-SMALL = ["prompts=tests/assets/prompts.jsonl", f"generate.max_prompts={PROMPTS}", "generate.n=2",
-         "generate.max_tokens=16", "generate.backend=vllm", "generate.enforce_eager=true",
-         "generate.max_model_len=512"]
+SMALL = [f"generate.max_prompts={PROMPTS}", "generate.n=2", "generate.max_tokens=16", "generate.backend=vllm",
+         "generate.enforce_eager=true", "generate.max_model_len=4096"]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TQDM_MININTERVAL": "0"}
 
 
@@ -41,7 +40,7 @@ def vllm_model(demo_model, tmp_path_factory) -> Path:
 
     tok = AutoTokenizer.from_pretrained(demo_model)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     torch.manual_seed(0)
@@ -51,8 +50,21 @@ def vllm_model(demo_model, tmp_path_factory) -> Path:
     return out
 
 
-def _args(run_dir, model, *extra):
-    return ["generate", "--config", "configs/quickstart.yaml", f"run_dir={run_dir}", f"model={model}", *SMALL, *extra]
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    """Prompts of 800 to 2,400 tokens: the longest one's two samples alone exceed a step's token budget
+    (4096 on the CPU build), so an engine with chunked prefill splits a prefill and drops the token it
+    sampled for it, which kills the CPU build's engine for a seeded request (see engine_args)."""
+    words = (ASSETS / "prompts.jsonl").read_text().split()
+    path = tmp_path_factory.mktemp("prompts") / "long.jsonl"
+    path.write_text("".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"Question {i}: " + " ".join(
+        words[(i * 37 + k) % len(words)] for k in range(900 if i == 0 else 300 + 20 * i))}) + "\n" for i in range(PROMPTS)))
+    return path
+
+
+def _args(run_dir, model, prompts, *extra):
+    return ["generate", "--config", "configs/quickstart.yaml", f"run_dir={run_dir}", f"model={model}",
+            f"prompts={prompts}", *SMALL, *extra]
 
 
 def _rows(run_dir) -> pl.DataFrame:
@@ -64,10 +76,10 @@ def _manifest(run_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def clean(vllm_model, tmp_path_factory):
+def clean(vllm_model, prompts, tmp_path_factory):
     """The reference: one uninterrupted run, every prompt in one shard (shard_size 64)."""
     run_dir = tmp_path_factory.mktemp("clean")
-    r = rlaif_cli(*_args(run_dir, vllm_model, "generate.shard_size=64"), python=_vllm_python(), env=ENV, timeout=900)
+    r = rlaif_cli(*_args(run_dir, vllm_model, prompts, "generate.shard_size=64"), python=_vllm_python(), env=ENV, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     df = _rows(run_dir)
     assert df.height == PROMPTS * 2 and (df["num_tokens"] > 0).all()
@@ -85,13 +97,13 @@ def test_one_engine_queue_with_progress(clean):
     assert "tok/s, shards 1/1" in r.stderr and f"{PROMPTS}/{PROMPTS}" in r.stderr  # the bar, while it ran
 
 
-def test_kill_9_then_rerun_with_shard_size_2_equals_the_clean_run(clean, vllm_model, tmp_path):
+def test_kill_9_then_rerun_with_shard_size_2_equals_the_clean_run(clean, vllm_model, prompts, tmp_path):
     """A window of 2 sequences (one prompt) in flight, so shards finish one after another; the kill
     point is a random number of written shards (seed printed)."""
     rng = random.Random(kill_seed())
     after = rng.randint(1, PROMPTS // 2 - 1)
     env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT), "RLAIF_VLLM_WINDOW_SEQS": "2"}
-    args = _args(tmp_path, vllm_model, "generate.shard_size=2")
+    args = _args(tmp_path, vllm_model, prompts, "generate.shard_size=2")
     shards = tmp_path / "round-0" / "candidates"
     proc = subprocess.Popen([_vllm_python(), "-m", "rlaif", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -112,8 +124,8 @@ def test_kill_9_then_rerun_with_shard_size_2_equals_the_clean_run(clean, vllm_mo
     assert w["peak_engine_requests"] == 2 and w["shards"] == PROMPTS // 2 - done_at_kill
 
 
-def test_data_parallel_gives_the_same_rows(clean, vllm_model, tmp_path):
-    r = rlaif_cli(*_args(tmp_path, vllm_model, "generate.shard_size=1", "generate.data_parallel_size=2"),
+def test_data_parallel_gives_the_same_rows(clean, vllm_model, prompts, tmp_path):
+    r = rlaif_cli(*_args(tmp_path, vllm_model, prompts, "generate.shard_size=1", "generate.data_parallel_size=2"),
                   python=_vllm_python(), env=ENV, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "starting worker 0/2" in r.stdout and "starting worker 1/2" in r.stdout

@@ -36,6 +36,15 @@ def engine_args(model: str, cfg: GenerateConfig, seed: int) -> dict:
         kwargs["max_model_len"] = cfg.max_model_len
     if cfg.adapter:
         kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # The model runner rewinds a seeded request's generator when it drops a sampled token (a prompt
+        # part-way through a chunked prefill) with set_offset, which CPU generators lack: "CPU Generator
+        # does not use offset" kills the engine (vllm/v1/worker/gpu_model_runner.py, _bookkeeping_sync;
+        # the same bug in RBLN-SW/vllm-rbln#1025). Whole prefills drop nothing; vLLM then raises its
+        # token budget to at least max_model_len.
+        kwargs["enable_chunked_prefill"] = False
     return kwargs
 
 
