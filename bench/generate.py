@@ -6,7 +6,7 @@
 Useful tokens are counted the same way on both sides: generated tokens up to and including the
 first EOS. rlaif's side runs the real stage (fresh run_dir per repetition) and reads tokens and
 timing.generate_s from its manifest; model load is excluded on both sides. Repetitions are
-interleaved (bare, rlaif, bare, rlaif, ...) so drift in a shared machine's load hits both alike.
+interleaved, their order rotated each repetition, so drift in a shared machine's load hits all sides alike.
 Sampling makes token counts differ between runs: tok/s is what is compared.
 """
 from __future__ import annotations
@@ -141,8 +141,10 @@ class BareHF:
 
 def interleave(sides: dict, reps: int, cpu: bool = True) -> dict[str, list[dict]]:
     results = {name: [] for name in sides}
+    names = list(sides)
     for rep in range(reps):
-        for name, fn in sides.items():
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotated: no side always runs first
+            fn = sides[name]
             w0, c0 = time.perf_counter(), time.process_time()
             r = fn(rep)
             r["tok_s"] = round(r["tokens"] / r["seconds"], 2)
