@@ -80,3 +80,17 @@ def kill_seed() -> int:
     seed = int(os.environ.get("RLAIF_KILL_SEED") or random.SystemRandom().randrange(2**32))
     print(f"kill point seed {seed} (replay: RLAIF_KILL_SEED={seed})")
     return seed
+
+
+@pytest.fixture
+def scripted(monkeypatch, tmp_path) -> Path:
+    """The in-process test judge (tests/judges.py ScriptedJudge, the real backend contract) answers
+    as judge.backend=local; returns an empty folder to name as judge.model. Its calls are counted."""
+    from judges import ScriptedJudge
+
+    from rlaif.judge import backends
+
+    monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
+    ScriptedJudge.calls = []
+    (tmp_path / "judge-model").mkdir()
+    return tmp_path / "judge-model"

@@ -16,7 +16,7 @@ from conftest import ASSETS, rlaif_cli
 from judges import ScriptedJudge, listy, write_candidates
 from rlaif.config import load_config
 from rlaif.errors import UserError
-from rlaif.judge import backends, calibrate
+from rlaif.judge import calibrate
 from rlaif.judge.gold import read_gold
 from servers import FakeJudgeServer
 
@@ -53,14 +53,6 @@ def write_config(tmp_path, srv, *extra: str) -> str:
 def api():
     with FakeJudgeServer(api_key=KEY, policy="longer") as s:
         yield s
-
-
-@pytest.fixture
-def scripted(monkeypatch, tmp_path):
-    monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
-    ScriptedJudge.calls = []
-    (tmp_path / "judge-model").mkdir()
-    return tmp_path / "judge-model"
 
 
 def local_cfg(tmp_path, model, *extra):

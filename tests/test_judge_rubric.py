@@ -13,12 +13,11 @@ import polars as pl
 import pytest
 import yaml
 
-import judges
 from conftest import ROOT
 from judges import ScriptedJudge, listy, write_candidates
 from rlaif.config import load_config
 from rlaif.errors import JudgeUnreliable, UserError
-from rlaif.judge import backends, stage
+from rlaif.judge import stage
 from rlaif.judge import templates as T
 from servers import FakeJudgeServer, body_key
 
@@ -38,14 +37,6 @@ def api_cfg(run_dir, srv, *extra):
                               "judge.backend=openai", f"judge.base_url={srv.base_url}", "judge.model=fake-judge",
                               f"judge.api_key_env={ENV}", "judge.api_style=chat", "judge.timeout_s=5",
                               "judge.min_consistency=0", "judge.max_invalid_rate=1", *extra])
-
-
-@pytest.fixture
-def scripted(monkeypatch, tmp_path):
-    monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
-    ScriptedJudge.calls = []
-    (tmp_path / "judge-model").mkdir()
-    return tmp_path / "judge-model"
 
 
 def local_cfg(run_dir, model, *extra):

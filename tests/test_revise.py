@@ -26,7 +26,7 @@ from judges import ScriptedJudge, listy
 from judges import write_candidates as write_listy
 from rlaif.config import load_config
 from rlaif.errors import UserError
-from rlaif.judge import backends, stage
+from rlaif.judge import stage
 from rlaif.judge import templates as T
 from servers import FakeJudgeServer
 
@@ -238,14 +238,6 @@ def test_kill_9_mid_revision_then_rerun_is_a_clean_run(server, tmp_path):
 
 
 # ----------------------------------------------------------------------------- stage semantics, in process
-
-@pytest.fixture
-def scripted(monkeypatch, tmp_path):
-    monkeypatch.setitem(backends.BACKENDS, "local", "judges:ScriptedJudge")
-    ScriptedJudge.calls = []
-    (tmp_path / "judge-model").mkdir()
-    return tmp_path / "judge-model"
-
 
 def local_cfg(run_dir, model, *extra):
     return load_config(None, [f"run_dir={run_dir}", "prompts=tests/assets/prompts.jsonl", "model=policy",
