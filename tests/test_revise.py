@@ -357,3 +357,9 @@ def test_demo_model_revises_two_prompts_end_to_end(tmp_path, demo_model, monkeyp
     monkeypatch.setattr(runner, "load_judge", lambda *a, **k: pytest.fail("the rerun loaded the model"))
     stage.run(cfg)
     assert pairs(tmp_path).equals(first)
+
+
+def test_critiques_are_not_shown_as_judge_rationales(scripted, tmp_path):
+    write_listy(tmp_path, {"p4": MARKED["p4"]})
+    stage.run(local_cfg(tmp_path, scripted))
+    assert json.loads((rd(tmp_path) / "judge-report.json").read_text())["rationales"] == []

@@ -95,7 +95,9 @@ def single_length_stats(judgments: pl.DataFrame, cands: pl.DataFrame, weights: d
 
 def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
     """A few explained verdicts, for the report: what the judge said before its final line."""
-    r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")).head(n)
+    # critiques and revisions (pairs.source revise) keep their text in rationale too: not verdicts
+    r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")
+                         & ~pl.col("kind").is_in(["critique", "revision"])).head(n)
     return [{"prompt_id": x["prompt_id"], "kind": x["kind"], "order": x["order"], "verdict": x["verdict"],
              "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
 
