@@ -212,6 +212,8 @@ class CheckConfig(Strict):
     def _compiles(cls, v):
         import re
 
+        if v is None:  # the resolved RUN_DIR/config.yaml writes unset kinds as null
+            return v
         try:
             re.compile(v)
         except re.error as e:
@@ -223,6 +225,8 @@ class CheckConfig(Strict):
     def _imports(cls, v):
         from rlaif.evaluate.checks import load_function
 
+        if v is None:
+            return v
         try:
             load_function(v)
         except ValueError as e:

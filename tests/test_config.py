@@ -67,6 +67,16 @@ def test_secret_never_in_resolved_config(monkeypatch):
     assert yaml.safe_load(text)["judge"]["api_key_env"] == "MY_JUDGE_KEY"
 
 
+def test_resolved_config_loads_back(tmp_path):
+    """rlaif run's stages read RUN_DIR/config.yaml, where every unset field is written out as null
+    (a check's other kinds among them): it must load to the same config."""
+    cfg = load_config(ROOT / "configs/quickstart.yaml",
+                      ["evaluate.checks={short: {max_words: 40}, no_sorry: {regex: sorry, must_match: false}}"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
 def test_api_key_field_is_rejected_in_config(tmp_path):
     bad = tmp_path / "k.yaml"
     bad.write_text("prompts: p.jsonl\njudge:\n  api_key: sk-abc\n")
