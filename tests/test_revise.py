@@ -343,7 +343,7 @@ def test_demo_model_revises_two_prompts_end_to_end(tmp_path, demo_model, monkeyp
 
     cfg = load_config(ROOT / "configs/quickstart.yaml", [
         f"run_dir={tmp_path}", "generate.max_prompts=2", "generate.n=1", "generate.max_tokens=32",
-        "pairs.source=revise", "revise.max_tokens=48", f"judge.principles={json.dumps(PRINCIPLES[:1])}",
+        "judge.mode=score", "pairs.source=revise", "revise.max_tokens=48", f"judge.principles={json.dumps(PRINCIPLES[:1])}",
         "filter.drop_length_truncated=false"])
     generate.run(cfg)
     stage.run(cfg)
