@@ -1,4 +1,4 @@
-# make demo  : CPU quickstart (venv, offline demo model, 2 rounds of SmolLM2-135M-Instruct RLAIF + DPO, report)
+# make demo  : CPU quickstart (venv, offline demo model, 3 rounds of SmolLM2-135M-Instruct RLAIF + DPO, report)
 # make test  : the whole test suite, the vLLM-CPU test included (this is what CI runs)
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -35,7 +35,7 @@ demo: install
 	$(VENV)/bin/rlaif run configs/quickstart.yaml
 	$(VENV)/bin/rlaif status runs/quickstart
 	@echo
-	@echo "outputs in runs/quickstart/round-{0,1}/:"
+	@echo "outputs in runs/quickstart/round-{0,1,2}/:"
 	@echo "  candidates/part-*.parquet  candidates.manifest.json        (generate)"
 	@echo "  judge-ledger.sqlite  judgments.parquet  judge-report.json  (judge)"
 	@echo "  pairs.parquet  pairs.card.json                             (filter)"
