@@ -41,7 +41,7 @@ demo: install
 	@echo "  pairs.parquet  pairs.card.json                             (filter)"
 	@echo "  train/adapter/  train/train-metrics.jsonl                  (train: the LoRA policy)"
 	@echo "  eval/eval.json  eval/outcomes.parquet                      (evaluate: vs SFT)"
-	@echo "report: runs/quickstart/report.md (+ winrate.png, length.png, judge_length.png)"
+	@echo "report: runs/quickstart/report.md (+ winrate.png, length.png, checks.png, training.png, judge_length.png)"
 	@head -1 runs/quickstart/report.md
 
 # browser: Debian's chromium + chromedriver for the review page's headless-browser test;
