@@ -3,8 +3,8 @@
     .venv/bin/rlaif generate --config configs/quickstart.yaml run_dir=/tmp/dj round=0      # candidates
     .venv/bin/python bench/demo_judge.py /tmp/dj/round-0 [--item "Is the response ...?"] [--pairwise] [--out r.json]
 
-For every candidate in ROUND_DIR/candidates, the property the quickstart's rubric asks for is
-measured without a judge (the regular expression of the quickstart's `evaluate.checks`), then
+For every candidate in ROUND_DIR/candidates, the property the config's rubric asks for is
+measured without a judge (the config's first `evaluate.checks` entry, or --check NAME), then
 the local judge (the demo model, through rlaif's JudgeSession and a throwaway ledger) answers
 each checklist item for each candidate. Reported per item:
 - auc: P(P(yes | has the property) > P(yes | lacks it)) over all candidates (Mann-Whitney; 0.5 is chance);
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from itertools import product
@@ -33,15 +32,18 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from rlaif.config import load_config  # noqa: E402
+from rlaif.evaluate.checks import predicate  # noqa: E402
 from rlaif.judge.session import JudgeSession  # noqa: E402
 from rlaif.judge.stage import read_candidates  # noqa: E402
 
 
+def pair_wins(pos: list[float], neg: list[float]) -> list[float]:
+    """1 where the candidate with the property scored higher, 0.5 on a tie, 0 otherwise, for every (pos, neg)."""
+    return [float(p > n) + 0.5 * (p == n) for p, n in product(pos, neg)]
+
+
 def auc(pos: list[float], neg: list[float]) -> float | None:
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p, n in product(pos, neg))
-    return wins / (len(pos) * len(neg))
+    return float(np.mean(pair_wins(pos, neg))) if pos and neg else None
 
 
 def checklist_scores(cfg_path: str, cands: pl.DataFrame, items: list[str], ledger: Path,
@@ -95,13 +97,10 @@ def main() -> int:
     a = ap.parse_args()
     cfg = load_config(a.config)
     name = a.check or next(iter(cfg.evaluate.checks))
-    spec = cfg.evaluate.checks[name]
-    from rlaif.evaluate.checks import predicate
-
-    test = predicate(spec)
+    test = predicate(cfg.evaluate.checks[name])
     cands = read_candidates(Path(a.round_dir))
     if a.prompts:
-        cands = cands.filter(pl.col("prompt_id").is_in(cands["prompt_id"].unique(maintain_order=True).head(a.prompts)))
+        cands = cands.filter(pl.col("prompt_id").is_in(cands["prompt_id"].unique(maintain_order=True).head(a.prompts).to_list()))
     cands = cands.with_columns(has=pl.Series([bool(test(m, r)) for m, r in
                                               zip(cands["messages"].to_list(), cands["response"].to_list())]))
     items = a.item or [i.item for i in cfg.judge.items()]
@@ -120,7 +119,7 @@ def main() -> int:
             for (_,), g in s.group_by("prompt_id"):
                 h, n = g.filter(pl.col("has"))["p_yes"].to_list(), g.filter(~pl.col("has"))["p_yes"].to_list()
                 if h and n:
-                    within += [float(x > y) + 0.5 * (x == y) for x, y in product(h, n)]
+                    within += pair_wins(h, n)
                     top.append(bool(g.sort("p_yes", descending=True)["has"][0]))
             out["items"][it] = {"auc": auc(pos, neg), "mean_p_yes_has": float(np.mean(pos)) if pos else None,
                                 "mean_p_yes_lacks": float(np.mean(neg)) if neg else None,

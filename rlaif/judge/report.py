@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from rlaif.judge.templates import TEXT_KINDS
 from rlaif.stats import length_feature, length_fit_status, logistic_fit
 
 
@@ -97,7 +98,7 @@ def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
     """A few explained verdicts, for the report: what the judge said before its final line."""
     # critiques and revisions (pairs.source revise) keep their text in rationale too: not verdicts
     r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")
-                         & ~pl.col("kind").is_in(["critique", "revision"])).head(n)
+                         & ~pl.col("kind").is_in(TEXT_KINDS)).head(n)
     return [{"prompt_id": x["prompt_id"], "kind": x["kind"], "order": x["order"], "verdict": x["verdict"],
              "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
 
