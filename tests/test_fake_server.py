@@ -186,7 +186,7 @@ def test_hang_times_out(server):
         t0 = time.monotonic()
         with pytest.raises(openai.APITimeoutError):  # a subclass of APIConnectionError
             ask(c, pairwise("a", "b"))
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 2.0  # gave up before the hung reply would have come
 
 
 def test_drip_times_out_only_when_a_gap_exceeds_the_read_timeout(server):
@@ -291,10 +291,8 @@ def test_concurrent_requests_overlap(server):
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=20) as c:
             return await asyncio.gather(*(ask(c, pairwise(f"a{i}", f"b{i}")) for i in range(n)))
 
-    t0 = time.monotonic()
     replies = asyncio.run(main())
-    elapsed = time.monotonic() - t0
     assert all(r.choices[0].message.content in ("A", "B") for r in replies)
     st = server.stats()
+    # overlap as the server saw it (requests open at once), not as a wall-clock bound
     assert st["ok"] == n and st["max_in_flight"] >= 32, st["max_in_flight"]
-    assert elapsed < n * latency / 2, elapsed
