@@ -44,6 +44,10 @@ def _kill_parent_then_children_die(cmd: list[str], n_children: int, log: Path) -
         while any(map(_alive, kids)) and time.time() < deadline:
             time.sleep(0.1)
         assert not any(map(_alive, kids)), f"children {kids} outlived their killed parent"
+        # killed, not finished: a child that ran on to the end (no parent-death signal, and a tiny model
+        # is quick) leaves its worker record; without this check such a run passed the test
+        finished = sorted(p.name for p in log.parent.rglob("worker-*.json"))
+        assert not finished, f"children finished their work after the parent died: {finished}"
     finally:
         for pid in kids:  # on failure, do not leave them running (only the pids this test found)
             if _alive(pid):
