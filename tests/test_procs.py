@@ -27,8 +27,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_parent_then_children_die(cmd: list[str], n_children: int, log: Path) -> None:
-    """Start cmd, wait for its rlaif children, kill -9 the parent alone, and expect the kernel to end them."""
+def _kill_parent_then_children_die(cmd: list[str], n_children: int, run_dir: Path, log: Path) -> None:
+    """Start cmd on run_dir, wait for its rlaif children, kill -9 the parent alone, and expect the kernel to
+    end them before they finish."""
     with open(log, "wb") as out:
         parent = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
     kids: list[int] = []
@@ -46,7 +47,7 @@ def _kill_parent_then_children_die(cmd: list[str], n_children: int, log: Path) -
         assert not any(map(_alive, kids)), f"children {kids} outlived their killed parent"
         # killed, not finished: a child that ran on to the end (no parent-death signal, and a tiny model
         # is quick) leaves its worker record; without this check such a run passed the test
-        finished = sorted(p.name for p in log.parent.rglob("worker-*.json"))
+        finished = sorted(p.name for p in run_dir.rglob("worker-*.json"))
         assert not finished, f"children finished their work after the parent died: {finished}"
     finally:
         for pid in kids:  # on failure, do not leave them running (only the pids this test found)
@@ -57,14 +58,14 @@ def _kill_parent_then_children_die(cmd: list[str], n_children: int, log: Path) -
 def test_kill_9_of_rlaif_run_kills_its_stage(tmp_path, tiny_model):
     cmd = [sys.executable, "-m", "rlaif", "run", "configs/quickstart.yaml", f"run_dir={tmp_path}",
            f"model={tiny_model}", "rounds=1", "generate.max_tokens=64"]
-    _kill_parent_then_children_die(cmd, 1, tmp_path / "run.log")
+    _kill_parent_then_children_die(cmd, 1, tmp_path, tmp_path / "run.log")
 
 
 def test_kill_9_of_a_data_parallel_parent_kills_its_workers(tmp_path, tiny_model):
     cmd = [sys.executable, "-m", "rlaif", "generate", "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}",
            f"model={tiny_model}", "prompts=tests/assets/prompts.jsonl", "generate.shard_size=1",
            "generate.max_tokens=64", "generate.data_parallel_size=2"]
-    _kill_parent_then_children_die(cmd, 2, tmp_path / "generate.log")
+    _kill_parent_then_children_die(cmd, 2, tmp_path, tmp_path / "generate.log")
 
 
 HOLDER = """import sys, time
