@@ -27,15 +27,26 @@ from pathlib import Path
 from rlaif.errors import UserError
 
 PARENT_ENV = "RLAIF_PARENT_PID"  # set for every child: the pid of the rlaif process that started it
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2  # <linux/prctl.h>
+
+
+def _prctl():
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _pdeathsig() -> None:
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _alive(pid: int) -> bool:
+def _pdeathsig_was_set() -> bool:
+    sig = ctypes.c_int(0)
+    _prctl()(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
+    return sig.value != 0
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0; another user's process counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,16 +56,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ppid_of(pid: int) -> int | None:
+    try:  # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descends_from(pid: int, ancestor: int) -> bool | None:
+    """Whether ancestor is pid's parent, grandparent, ...; None where /proc cannot tell (it belongs to another
+    PID namespace, as after `unshare --pid` without --mount-proc, or there is no /proc)."""
+    try:
+        if int(os.readlink("/proc/self")) != os.getpid():
+            return None
+    except (OSError, ValueError):
+        return None
+    for _ in range(64):  # a launcher is one or two levels; the bound only guards against a loop
+        if pid == ancestor:
+            return True
+        if pid in (0, 1) or (pid := _ppid_of(pid)) is None:
+            return False
+    return False
+
+
 def die_with_parent() -> None:
     """Called first by every `rlaif` process: if an rlaif process started it (directly or through a
-    launcher), die when the direct parent dies. A parent already gone before the signal was set
-    sends nothing, so that case is checked after setting it."""
+    launcher), die when the direct parent dies. A parent already gone before the signal was set sends
+    nothing, so that case is checked after setting it.
+
+    The check never reads a parent pid of 1 as "parent died" by itself: in a container whose entrypoint
+    is `rlaif run`, the spawner *is* PID 1 (issue 18, item 2). It compares against the spawner's pid,
+    recorded in the environment by `spawn`:
+    - A direct child of `spawn` arrives with the signal already set: spawn's pre-exec hook set it and
+      then saw its parent alive, and the setting survives exec (prctl(2)). Nothing is left to check.
+    - A process forked by a launcher (`accelerate launch`, torchrun) arrives without it (fork clears it).
+      Its launcher is alive iff its parent is still a descendant of the spawner, other than the spawner
+      itself: an orphan is reparented to init or a subreaper, and in a container init is the spawner."""
     spawner = os.environ.get(PARENT_ENV)
     if not spawner or not spawner.isdigit():
         return
+    spawner_pid = int(spawner)
+    if not sys.platform.startswith("linux"):  # no parent-death signal: the spawner's death is all one can see
+        if os.getppid() != spawner_pid and not alive(spawner_pid):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return
+    if _pdeathsig_was_set():
+        return
     _pdeathsig()
     ppid = os.getppid()
-    if ppid == 1 or (ppid != int(spawner) and not _alive(int(spawner))):
+    lineage = _descends_from(ppid, spawner_pid)
+    if ppid == spawner_pid or ppid == 1 or lineage is False or (lineage is None and not alive(spawner_pid)):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -64,7 +115,7 @@ def spawn(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
     env = {**(os.environ if env is None else env), PARENT_ENV: str(parent)}
     if not sys.platform.startswith("linux"):
         return subprocess.Popen(cmd, env=env)
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    prctl = _prctl()  # looked up before the fork: the child only calls it
 
     def in_child() -> None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
