@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import polars as pl
 import pytest
 import yaml
 
-from conftest import finished_adapter, rlaif_cli
+from conftest import ROOT, finished_adapter, rlaif_cli
 from rlaif.errors import UserError
 from rlaif.io import PAIRS_SCHEMA, write_json, write_parquet
 from rlaif.train.export import export
@@ -139,3 +142,79 @@ def test_export_help_ends_with_examples():
     res = rlaif_cli("export", "--help")
     assert res.returncode == 0 and "rlaif export RUN_DIR --out DIR [round=K]" in res.stdout
     assert "rlaif export runs/quickstart --out" in res.stdout[res.stdout.rindex("examples:"):]
+
+
+# `rlaif export` in its own process, killed (SIGKILL: no cleanup runs) just before the Nth file-system step of
+# the replacement (a rename, a swap, a removal), counted from the moment the new export is complete beside DIR.
+# argv: run, out, N, mode; mode "no-exchange" plays a file system without renameat2's RENAME_EXCHANGE.
+KILLED_EXPORT = """import os, shutil, signal, sys
+from pathlib import Path
+from rlaif.train import export as ex
+kill_at, steps, replacing = int(sys.argv[3]), [0], [False]
+def counted(fn):
+    def step(*a, **k):
+        if replacing[0]:
+            if steps[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            steps[0] += 1
+        return fn(*a, **k)
+    return step
+os.replace, os.rename, shutil.rmtree = counted(os.replace), counted(os.rename), counted(shutil.rmtree)
+if hasattr(ex, "_exchange"):
+    ex._exchange = counted((lambda a, b: False) if sys.argv[4] == "no-exchange" else ex._exchange)
+inner = ex._replace
+def replace(*a):
+    replacing[0] = True  # from here to the end: the removal of what is left aside counts too
+    inner(*a)
+ex._replace = replace
+ex.export(Path(sys.argv[1]), Path(sys.argv[2]), 0)
+"""
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _which_export(folder, refs: dict) -> int:
+    """The round of the whole export at folder: every file of that round's export and no other, loadable."""
+    import datasets
+
+    k = json.loads((folder / "export.json").read_text())["round"]
+    assert _files(folder) == refs[k], f"{folder}: not the whole export of round {k}"
+    assert datasets.load_from_disk(str(folder / "dataset")).num_rows == {0: 4, 1: 2}[k]
+    return k
+
+
+@pytest.mark.parametrize("mode", ["exchange", "no-exchange"])
+def test_a_kill_at_every_step_of_the_replacement_leaves_the_old_or_the_whole_new_export(run, tmp_path, mode):
+    """Issue 18, item 8: DIR is the old export (round 1) or the whole new one (round 0) after a kill at any
+    step, and the next export completes with nothing left aside. Where the file system cannot swap two
+    folders in one step ("no-exchange"), DIR is briefly absent between two renames: then the old export is
+    whole beside it, and the next start of `rlaif export` puts it back before anything else."""
+    write_round(run, 1, n=2)
+    refs = {k: _files(export(run, tmp_path / f"ref-{k}", k)) for k in (0, 1)}
+    out = tmp_path / "exp"
+    leftovers = lambda: [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")]  # noqa: E731
+    for n in range(8):
+        export(run, out, 1)  # the old export; this also cleans up after the previous kill
+        assert _which_export(out, refs) == 1 and leftovers() == []
+        res = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(run), str(out), str(n), mode], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        if res.returncode == 0:  # no step left to kill at: it ran to the end
+            # swap, remove; or try the swap, rename old aside, rename new in, remove both (kills came at each)
+            assert n == {"exchange": 2, "no-exchange": 5}[mode]
+            assert _which_export(out, refs) == 0 and leftovers() == []
+            break
+        assert res.returncode == -9, res.stderr[-2000:]
+        if out.exists() or mode == "exchange":
+            assert _which_export(out, refs) in (0, 1), f"kill before step {n}"
+        else:  # between the two renames: the old export whole, aside, and restored by the next start
+            aside = [p for p in tmp_path.glob(".exp.old-*/*")]
+            assert len(aside) == 1 and _which_export(aside[0], refs) == 1, f"kill before step {n}: {leftovers()}"
+            with pytest.raises(UserError, match="round-5: no pairs.parquet"):
+                export(run, out, 5)
+            assert _which_export(out, refs) == 1 and leftovers() == []
+        export(run, out, 0)  # a rerun completes
+        assert _which_export(out, refs) == 0 and leftovers() == [], f"kill before step {n}"
+    else:
+        raise AssertionError("the export never ran to its end")

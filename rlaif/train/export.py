@@ -10,15 +10,19 @@ is, beside rlaif's own columns (ids, margin, consistency, token counts, round). 
 `messages` column is not repeated: it is `prompt`, and TRL reads a `messages` key as another
 format. DIR/adapter is round K's LoRA adapter, only when train.manifest.json says training
 finished; DIR/merged the merged model when training built one. Each folder carries a README.md
-card with YAML metadata (rlaif/train/cards.py). The export is built beside DIR and renamed into
-place, with export.json written last, so DIR is either the old export or the whole new one.
+card with YAML metadata (rlaif/train/cards.py). The export is built beside DIR, export.json written
+last, and swapped into place in one step, so a kill at any point leaves DIR the old export or the whole
+new one (issue 18, item 8; `_replace` says where a file system cannot swap).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import polars as pl
 
 from rlaif.errors import UserError
 from rlaif.io import PAIRS_SCHEMA, UMASK, read_parquet_checked, write_json, write_text
+from rlaif.procs import alive
 from rlaif.train import cards
 
 RLAIF_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "margin", "consistent", "chosen_tokens", "rejected_tokens",
@@ -123,12 +128,39 @@ def _adapter(rdir: Path, tmp: Path, info: dict) -> dict:
     return out
 
 
+RENAME_EXCHANGE = 2  # <linux/fs.h>
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step: renameat2(2) with RENAME_EXCHANGE (Linux 3.15+, glibc 2.28+; ext4, xfs,
+    btrfs, tmpfs, overlayfs). False where the kernel, C library or file system cannot (NFS, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    if libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace(tmp: Path, out: Path) -> None:
-    """Rename the finished export into place; an earlier export there is replaced, anything else refused."""
+    """Put the finished export (tmp) at out; an earlier export there is replaced, anything else refused.
+
+    A kill at any point leaves out as the old export or the whole new one: the two folders are swapped in
+    one step, then the old one (now at tmp) is removed. Where the file system cannot swap, the old export
+    is renamed aside and the new one into place: a kill between the two leaves no out, but the old export
+    whole in `.NAME.old-PID-*/x`, and the next `rlaif export` to out puts it back first (_recover)."""
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").exists()):
             raise UserError(f"{out}: exists and is not an rlaif export (no export.json); choose another --out")
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        if _exchange(tmp, out):
+            return  # the caller removes tmp, which now holds the old export
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
         os.replace(out, old / "x")
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -136,7 +168,24 @@ def _replace(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def _recover(out: Path) -> None:
+    """After a killed export: put an old export set aside back at out, if out is missing, then remove what
+    killed exports left beside it. Only folders of processes that are gone: a live export's are its own."""
+    left = [p for p in out.parent.glob(f".{out.name}.*-*-*")
+            if (m := re.fullmatch(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-.+", p.name)) and p.is_dir()
+            and (int(m.group(2)) == os.getpid() or not alive(int(m.group(2))))]
+    for p in left:
+        if p.name.startswith(f".{out.name}.old-") and not out.exists() and (p / "x" / "export.json").exists():
+            os.replace(p / "x", out)
+            print(f"export: {out}: put back the earlier export that a killed export had set aside")
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
+    out = Path(out)
+    if out.parent.is_dir():
+        _recover(out)  # first, so even a refused export puts back what a killed one set aside
     rdir = pick_round(Path(run_dir), k)
     pairs = read_parquet_checked(rdir / "pairs.parquet", PAIRS_SCHEMA, "pairs")
     if pairs.is_empty():
@@ -149,7 +198,7 @@ def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     tmp.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700; an export is meant to be shared
     try:
         _dataset(pairs, tmp / "dataset")
