@@ -130,3 +130,37 @@ def length_fit_status(y, diff) -> tuple[str, str | None]:
         return "lopsided_lengths", (f"lengths lopsided: {near:.0%} of outcomes near equal length, need "
                                     f"{MIN_NEAR_EQUAL:.0%}; difference {diff.mean():+.0f} ± {sd:.0f} tokens")
     return "ok", None
+
+
+def _objective1(t, x, y, w, off, l2):
+    z = t[:, None] * x + off
+    ll = -(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z))
+    return (w * ll).sum(1) - 0.5 * l2 * t ** 2
+
+
+def fit_one_batch(x, y, w, offset=0.0, l2: float = 1e-6, iters: int = 100) -> np.ndarray:
+    """One coefficient per row: maximise sum_i w_i [y_i log p_i + (1 - y_i) log(1 - p_i)] - l2/2 t^2,
+    p = sigmoid(t x_i + offset_i), for rows of x, w and offset (shape (B, n); y shape (n,)), by
+    Newton's method with step halving (the objective is concave; y may be fractional). Two uses in
+    the anchored LC (rlaif/evaluate/lc_anchor.py): the judge's length slope with no intercept
+    (x = the length feature, offset 0), and the intercept under a fixed length term (x = 1,
+    offset = slope * feature). The default l2 only keeps t finite when every outcome is a win."""
+    w = np.atleast_2d(w).astype(float)
+    x, off = np.broadcast_to(x, w.shape).astype(float), np.broadcast_to(offset, w.shape).astype(float)
+    y, t = np.asarray(y, dtype=float), np.zeros(len(w))
+    obj = _objective1(t, x, y, w, off, l2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(t[:, None] * x + off)))
+        g = (w * (y - p) * x).sum(1) - l2 * t
+        h = (w * p * (1 - p) * x * x).sum(1) + l2
+        s, a = g / h, np.ones(len(w))
+        for _ in range(30):  # halve the step where it would lower the objective
+            new = _objective1(t + a * s, x, y, w, off, l2)
+            bad = new < obj - 1e-12 * np.abs(obj)
+            if not bad.any():
+                break
+            a = np.where(bad, a / 2, a)
+        t, obj = t + a * s, np.maximum(new, obj)
+        if np.abs(a * s).max() < 1e-10:
+            break
+    return t

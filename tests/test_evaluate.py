@@ -79,6 +79,11 @@ def test_eval_json_contract_and_verdicts(evaluated):
     assert e["policy_mean_tokens"] == pytest.approx(pol["num_tokens"].mean())
     assert e["sft_mean_tokens"] == pytest.approx(sft["num_tokens"].mean())
     assert 0.0 <= e["reward_accuracy"] <= 1.0 and e["n_reward_pairs"] == 5
+    # No round-1 candidates in this folder, so no same-model comparisons: LC says why it has no slope
+    # rather than fitting one on the policy-vs-SFT outcomes (issue 18, item 9)
+    assert e["lc_win_rate"] is None and e["lc_status"] == "no_anchor" and e["lc_method"] == "same-model anchor"
+    assert e["lc_reason"] == "round 1 has no finished candidates to compare with each other"
+    assert e["length_anchor"]["n_comparisons"] == 0 and "LC win rate n/a (round 1 has no" in first.stdout
 
 
 def test_second_evaluate_makes_no_judge_calls(evaluated):

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import polars as pl
 
+from rlaif.evaluate.lc_anchor import lc_anchored
 from rlaif.stats import lc_bootstrap_ci, length_feature, length_fit_status, logistic_fit
 
 C = pl.col
@@ -122,8 +123,10 @@ def lc_win_rate(y, len_policy, len_sft) -> tuple[float, float]:
 
 
 def lc_summary(y, len_policy, len_sft, groups, n_boot: int = 2000, seed: int = 0) -> dict:
-    """The eval.json LC fields: lc_win_rate and lc_win_rate_ci, or nulls when the figure would mean
-    nothing, with lc_status ("ok", "no_lengths", "too_few_decisive", "lopsided_lengths") and
+    """LC with the slope fitted on the outcomes themselves (issue 18, item 9: on real length-biased
+    judges this runs away, since quality and length move together there; the evaluate stage uses
+    rlaif.evaluate.lc_anchor.lc_anchored). The eval.json LC fields: lc_win_rate and lc_win_rate_ci,
+    or nulls when the figure would mean nothing, with lc_status ("ok", "no_lengths", "too_few_decisive", "lopsided_lengths") and
     lc_reason (None when ok); length_coef is the fitted slope whenever there is a fit."""
     y, diff, ok = _lc_rows(y, len_policy, len_sft)
     res = {"lc_win_rate": None, "lc_win_rate_ci": [None, None], "length_coef": None}
@@ -226,15 +229,19 @@ def score_outcomes(judgments: pl.DataFrame, matchups: pl.DataFrame,
         on=["policy_id", "sft_id"]).select(*OUTCOME_SCHEMA, "score_policy", "score_sft")
 
 
-def summarize_outcomes(out: pl.DataFrame, policy_tokens, sft_tokens, n_boot: int = 2000, seed: int = 0) -> dict:
+def summarize_outcomes(out: pl.DataFrame, policy_tokens, sft_tokens, n_boot: int = 2000, seed: int = 0,
+                       anchor=None) -> dict:
     """Win rate, its prompt-clustered bootstrap interval, LC win rate and the length figures.
     Lengths are over every policy / SFT answer given (not only the validly judged ones), so
-    excluding invalid verdicts cannot hide length drift."""
+    excluding invalid verdicts cannot hide length drift. With `anchor` (an lc_anchor.Anchor, what
+    the evaluate stage passes) LC takes the judge's length slope from same-model comparisons;
+    without it, from these outcomes alone (lc_summary), where quality and length are confounded."""
     y = out["y"].to_numpy() if out.height else np.array([])
     lo, hi = bootstrap_ci(y, n_boot, seed, groups=out["prompt_id"].to_numpy()) if out.height else (None, None)
+    lc = lc_anchored if anchor is not None else lc_summary
     res = {"win_rate": _num(win_rate(y)) if out.height else None, "win_rate_ci": [_num(lo), _num(hi)],
-           **lc_summary(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy(), out["prompt_id"].to_numpy(),
-                        n_boot, seed), "n_comparisons": out.height}
+           **lc(y, out["len_policy"].to_numpy(), out["len_sft"].to_numpy(), out["prompt_id"].to_numpy(),
+                *([anchor] if anchor is not None else []), n_boot, seed), "n_comparisons": out.height}
     for side, s in (("policy", policy_tokens), ("sft", sft_tokens)):
         s = pl.Series(s, dtype=pl.Float64).drop_nulls()
         res[f"{side}_mean_tokens"] = _num(s.mean()) if s.len() else None

@@ -159,11 +159,17 @@ def _plot_lengths(rounds: list[dict], path: Path) -> None:
             [r["round"] for r in rounds if r["eval"].get("policy_mean_tokens") is not None])
 
 
-def _plot_judge_length(out: pl.DataFrame, k: int, path: Path) -> None:
+def _plot_judge_length(out: pl.DataFrame, k: int, path: Path, e: dict | None = None) -> None:
+    """Binned policy wins against the length feature, with the curve whose value at 0 is LC: the
+    same-model anchor's slope through the reported LC (eval.json length_anchor) when there is one,
+    else the outcomes-only fit of older eval.json files."""
     import matplotlib.pyplot as plt
 
     out = out.drop_nulls(["y", "len_policy", "len_sft"])
-    x = length_feature((out["len_policy"] - out["len_sft"]).to_numpy().astype(float))
+    a, lc = (e or {}).get("length_anchor") or {}, (e or {}).get("lc_win_rate")
+    anchored = _isnum(a.get("slope")) and _isnum(a.get("scale_tokens")) and a["scale_tokens"] > 0
+    diff = (out["len_policy"] - out["len_sft"]).to_numpy().astype(float)
+    x = np.tanh(diff / a["scale_tokens"]) if anchored else length_feature(diff)
     y = out["y"].to_numpy().astype(float)
     edges = np.linspace(-1, 1, 9)
     b = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
@@ -171,13 +177,18 @@ def _plot_judge_length(out: pl.DataFrame, k: int, path: Path) -> None:
     share, n = np.bincount(b, y, len(edges) - 1), np.bincount(b, minlength=len(edges) - 1)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(mids[n > 0], 100 * share[n > 0] / n[n > 0], width=0.22, alpha=0.6, label="share of policy wins (binned)")
-    if len(y) >= 2:  # the fitted length curve whose value at 0 is the LC win rate
+    grid = np.linspace(-1, 1, 101)
+    if anchored and _isnum(lc) and 0 < lc < 1:
+        b0, b1 = np.log(lc / (1 - lc)), a["slope"]
+        ax.plot(grid, 100 / (1 + np.exp(-(b0 + b1 * grid))), color="C3",
+                label=f"LC with the same-model slope ({b1:.2f}, {a.get('n_comparisons')} comparisons)")
+    elif not anchored and len(y) >= 2:  # an eval.json from before the anchor: the outcomes-only fit
         b0, b1 = logistic_fit(x, y)
-        grid = np.linspace(-1, 1, 101)
         ax.plot(grid, 100 / (1 + np.exp(-(b0 + b1 * grid))), color="C3", label=f"logistic fit (coef {b1:.2f})")
     ax.axhline(50, color="grey", linestyle="--", linewidth=1)
     ax.axvline(0, color="grey", linewidth=0.5)
-    ax.set_xlabel("tanh(standardised length difference, policy − SFT)")
+    ax.set_xlabel(f"tanh(length difference / {a['scale_tokens']:.0f} tokens), policy − SFT" if anchored
+                  else "tanh(standardised length difference, policy − SFT)")
     _finish(fig, ax, path, f"round {k}: judge preference vs length", "policy wins (%)", None)
 
 
@@ -215,9 +226,27 @@ def _plots(run_dir: Path, rounds: list[dict]) -> list[tuple[str, str]]:
         except (pl.exceptions.PolarsError, OSError):
             out = None
         if out is not None and {"y", "len_policy", "len_sft"} <= set(out.columns) and out.height:
-            _plot_judge_length(out, last["round"], run_dir / "judge_length.png")
+            _plot_judge_length(out, last["round"], run_dir / "judge_length.png", last["eval"])
             made.append((f"Round {last['round']}: judge preference vs length difference", "judge_length.png"))
     return made
+
+
+def length_control_lines(rounds: list[dict]) -> list[str]:
+    """Where each round's LC slope came from (eval.json length_anchor), or why LC is n/a."""
+    out = []
+    for r in rounds:
+        a = r["eval"].get("length_anchor")
+        if not isinstance(a, dict):
+            continue
+        sup, ci = a.get("support") or {}, a.get("slope_ci") or [None, None]
+        slope = (f"slope {a['slope']:.2f}" + (f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if all(map(_isnum, ci)) else "")
+                 + f" on tanh(difference / {a['scale_tokens']:.0f} tokens)") if _isnum(a.get("slope")) else "no slope"
+        inside = (f"; {sup['outcomes_inside']:.0%} of outcomes inside its range (±{sup['abs_diff_tokens']:.0f} "
+                  f"tokens, ratio {sup['length_ratio']:.2f}x)") if _isnum(sup.get("outcomes_inside")) else ""
+        reason = f"; LC n/a: {r['eval']['lc_reason']}" if isinstance(r["eval"].get("lc_reason"), str) else ""
+        out.append(f"- round {r['round']}: {a.get('source', '-')}: {a.get('n_comparisons', 0)} comparisons "
+                   f"({a.get('n_decisive', 0)} decisive) on {a.get('n_prompts', 0)} prompts, {slope}{inside}{reason}")
+    return ["", "## Length control", "", *out] if out else []
 
 
 def judge_lines(rounds: list[dict]) -> list[str]:
@@ -246,10 +275,12 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in rounds]
     lines += ["", "Win rate: policy vs SFT on held-out prompts (pairwise mode: judged in both orders; score mode: "
-              "the higher judge score wins); ties, identical answers and order-inconsistent verdicts count half. LC: AlpacaEval 2-style length-controlled win rate (logistic fit on tanh-standardised "
-              "length difference, slope L2-penalised, at zero difference; n/a with the reason when under 10 outcomes "
-              "are decisive or nearly all lengths differ one way by more than their spread). Judge consistency / longer wins / USD: the training "
-              "judge's audit (judge-report.json)."]
+              "the higher judge score wins); ties, identical answers and order-inconsistent verdicts count half. "
+              "LC: AlpacaEval 2-style length-controlled win rate, the judge's win rate at zero length difference, "
+              "with the judge's length slope measured on two answers of one model to one prompt (no quality gap "
+              "by construction) and held fixed (see Length control); n/a with the reason when there are no such "
+              "comparisons, under 10 outcomes are decisive, or the lengths lie outside the range those comparisons "
+              "cover. Judge consistency / longer wins / USD: the training judge's audit (judge-report.json)."]
     evald = [r for r in rounds if r["eval"]]
     warnings = [f"- round {b['round']}: {msg}" for a, b in zip(evald, evald[1:])
                 if (msg := length_hacking(a["eval"], b["eval"], max_growth))]
@@ -259,6 +290,7 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
         lines += ["", "## Warnings", "", *warnings]
     if trained:
         lines += ["", "## Training per round", "", *curves.table(trained)]
+    lines += length_control_lines(rounds)
     lines += judge_lines(rounds)
     lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
     lines += pair_source_lines(rounds)  # only when a round's pairs came from revise (pairs.source)

@@ -11,7 +11,9 @@
    when judge.mode=checklist, or a reward model's reward) through the round's ledger, so a rerun
    pays for nothing twice.
    Identical answers are ties and are never sent.
-3. eval/eval.json: win rate with a bootstrap interval, length-controlled win rate, lengths,
+3. eval/eval.json: win rate with a bootstrap interval, length-controlled win rate (its length slope
+   from two of round K's candidates per training prompt, judged the same way: lc_anchor.py; those
+   comparisons in eval/anchor-outcomes.parquet), lengths,
    judge health, implicit-reward accuracy on held-out pairs, and the same against round K-1's
    policy. eval/outcomes.parquet holds one row per compared prompt (metrics.py has the schema).
 """
@@ -25,8 +27,10 @@ import polars as pl
 
 from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
+from rlaif.evaluate import lc_anchor as LA
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
+from rlaif.judge.filter import checklist_weights
 from rlaif.judge.session import JudgeSession, judge_model_name, same_text
 from rlaif.judge.plan import read_candidates
 from rlaif.train.policy import adapter_dir, policy_base
@@ -106,19 +110,47 @@ def plan_calls(cfg: RunConfig, js: JudgeSession, m: pl.DataFrame) -> list:
     return calls
 
 
-def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict) -> tuple[pl.DataFrame, dict]:
-    """Outcome rows (judged + identical ties) and their summary."""
-    ties = M.tie_outcomes(m.filter(pl.col("identical")), tokens)
+def judged(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict) -> pl.DataFrame:
+    """Outcome rows of the matchups that were sent, as evaluate.mode reads verdicts."""
     if cfg.evaluate.mode == "pairwise":
-        judged = M.outcomes(judgments, m["policy_id"], tokens).select(list(M.OUTCOME_SCHEMA))
-        judged = judged.select([pl.col(k).cast(v) for k, v in M.OUTCOME_SCHEMA.items()])
-    else:
-        weights = {str(i): it.weight for i, it in enumerate(cfg.judge.items())}  # judge.mode=checklist
-        judged = M.score_outcomes(judgments, m.filter(~pl.col("identical")), tokens, weights)
+        out = M.outcomes(judgments, m["policy_id"], tokens).select(list(M.OUTCOME_SCHEMA))
+        return out.select([pl.col(k).cast(v) for k, v in M.OUTCOME_SCHEMA.items()])
+    weights = checklist_weights(cfg.judge)  # judge.mode=checklist: the filter's weights, one map everywhere
+    return M.score_outcomes(judgments, m.filter(~pl.col("identical")), tokens, weights)
+
+
+def length_anchor(cfg: RunConfig) -> tuple[pl.DataFrame | None, str, str | None]:
+    """(matchups, source, why none): two complete answers of the model that wrote round K's
+    candidates, for up to evaluate.length_anchor_prompts training prompts, judged as evaluate judges
+    (rlaif/evaluate/lc_anchor.py says why). A judge stage that made the same call made it free."""
+    from rlaif.judge.inputs import split_inputs
+
+    k, n = cfg.round, cfg.evaluate.length_anchor_prompts
+    try:
+        cands, _ = split_inputs(read_candidates(cfg.round_dir()), cfg.judge)
+    except UserError:
+        return None, f"round {k} candidates", f"round {k} has no finished candidates to compare with each other"
+    m = LA.anchor_matchups(cands, n, same_text)
+    model = cands["model"][0] + (" + adapter" if cands["adapter"][0] else "") if cands.height else "-"
+    source = f"round {k} candidates ({model}): two complete answers per prompt, judged {cfg.evaluate.mode}"
+    if n == 0:
+        return None, source, "evaluate.length_anchor_prompts=0"
+    if m.is_empty():  # truncated answers are never anchors: cut off is worse for another reason than length
+        cut = int((cands["finish_reason"] != "stop").sum()) if cands.height else 0
+        return None, source, (f"round {k} has no prompt with two different complete candidates "
+                              f"({cut} of {cands.height} hit max_tokens)")
+    return m, source, None
+
+
+def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict,
+            anchor: LA.Anchor | None = None) -> tuple[pl.DataFrame, dict]:
+    """Outcome rows (judged + identical ties) and their summary; LC's slope from `anchor`."""
+    ties = M.tie_outcomes(m.filter(pl.col("identical")), tokens)
+    if cfg.evaluate.mode != "pairwise":
         ties = ties.with_columns(score_policy=pl.lit(None, pl.Float64), score_sft=pl.lit(None, pl.Float64))
-    out = pl.concat([judged, ties]).sort("prompt_id")
+    out = pl.concat([judged(cfg, m, judgments, tokens), ties]).sort("prompt_id")
     res = M.summarize_outcomes(out, [tokens.get(i) for i in m["policy_id"]], [tokens.get(i) for i in m["sft_id"]],
-                               cfg.evaluate.n_boot, cfg.seed)
+                               cfg.evaluate.n_boot, cfg.seed, anchor)
     res.update(n_prompts=m.height, n_identical=ties.height,
                n_judged_pairs=m.height - ties.height,
                n_excluded=m.height - out.height,  # an invalid verdict in either order, or no valid score
@@ -221,16 +253,26 @@ def run(cfg: RunConfig) -> Path:
     t_gen = time.perf_counter() - t0
     tokens = dict(zip(pl.concat([pol, sft] + ([prev] if prev is not None else []))["candidate_id"],
                       pl.concat([pol, sft] + ([prev] if prev is not None else []))["num_tokens"]))
+    anchor_m, source, why = length_anchor(cfg)
+    if anchor_m is not None:
+        groups["anchor"] = anchor_m
+        tokens.update(zip(anchor_m["policy_id"], anchor_m["policy_tokens"]))
+        tokens.update(zip(anchor_m["sft_id"], anchor_m["sft_tokens"]))
     judgments = judge(cfg, groups)
-    out, res = compare(cfg, groups["sft"], judgments["sft"], tokens)
+    anchor = LA.Anchor(None, source, why)
+    if anchor_m is not None:
+        anchor.outcomes = judged(cfg, anchor_m, judgments["anchor"], tokens)
+        write_parquet(edir / "anchor-outcomes.parquet", anchor.outcomes)
+    out, res = compare(cfg, groups["sft"], judgments["sft"], tokens, anchor)
     write_parquet(edir / "judgments.parquet", pl.concat(list(judgments.values())).unique("key", maintain_order=True))
     write_parquet(edir / "outcomes.parquet", out)
     vs_prev = None
     if prev is not None:
-        out_p, vs_prev = compare(cfg, groups["previous"], judgments["previous"], tokens)
+        out_p, vs_prev = compare(cfg, groups["previous"], judgments["previous"], tokens, anchor)
         write_parquet(edir / "outcomes-vs-previous.parquet", out_p)
         vs_prev = {key: vs_prev.get(key) for key in ("win_rate", "win_rate_ci", "lc_win_rate", "lc_win_rate_ci",
                                                      "lc_status", "lc_reason", "length_coef", "n_comparisons",
+                                                     "length_anchor",
                                                      "n_identical", "position_consistency")}
     ra = reward_accuracy(cfg, k)
     result = {"round": k, **res, **(ra or {}), "checks": checks, "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
@@ -252,8 +294,9 @@ def _pct(x) -> str:
 
 def headline(e: dict) -> str:
     lo, hi = e["win_rate_ci"]
+    lc = _pct(e["lc_win_rate"]) if e.get("lc_win_rate") is not None else f"n/a ({e.get('lc_reason')})"
     text = (f"evaluate: round {e['round']} vs SFT on {e['n_prompts']} held-out prompts: win rate "
-            f"{_pct(e['win_rate'])} (95% CI {_pct(lo)}–{_pct(hi)}), LC win rate {_pct(e['lc_win_rate'])}, "
+            f"{_pct(e['win_rate'])} (95% CI {_pct(lo)}–{_pct(hi)}), LC win rate {lc}, "
             f"mean tokens {e['policy_mean_tokens'] or 0:.1f} vs {e['sft_mean_tokens'] or 0:.1f}, "
             f"{e['n_identical']} identical answers (ties)")
     if e.get("position_consistency") is not None:
