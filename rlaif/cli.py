@@ -10,15 +10,42 @@ from pathlib import Path
 
 from rlaif.errors import UserError
 
-STAGE_EXAMPLES = """\
-examples:
-  rlaif {cmd} --config configs/quickstart.yaml
-  rlaif {cmd} --config configs/quickstart.yaml generate.n=2 generate.max_tokens=64
-  rlaif {cmd} --config configs/gpu-8b.yaml round=1 run_dir=runs/llama8b
-
+OVERRIDES_NOTE = """\
 Overrides are key.sub=value pairs validated against the config schema; values are YAML
-(generate.temperature=0.7, generate.adapter=null). The resolved config is saved as
-RUN_DIR/config.yaml (it names API-key variables, never their values)."""
+(generate.temperature=0.7, generate.adapter=null); options may come before or after them. A key
+with dots of its own is quoted or, under judge.prices, taken whole: judge.prices.gpt-4.1-mini=[0.4, 1.6].
+The resolved config is saved as RUN_DIR/config.yaml (it names API-key variables, never their values)."""
+
+# Each command's own examples; tests/test_cli.py parses every `rlaif ...` line and loads its config.
+EXAMPLES = {
+    "generate": """\
+  rlaif generate configs/quickstart.yaml                          # candidates on this CPU from the demo model
+  rlaif generate configs/quickstart.yaml generate.n=2 generate.max_tokens=64   # a quick look
+  rlaif generate configs/gpu-8b.yaml generate.data_parallel_size=8            # vLLM, one engine per GPU
+  rlaif generate configs/gpu-8b.yaml generate.worker=0/4          # node 0 of 4; then once more without worker""",
+    "judge": """\
+  rlaif judge configs/quickstart.yaml                             # round 0, the demo model judging in-process
+  rlaif judge configs/api-judge-rubric.yaml judge.max_cost_usd=2  # an API judge with your rubric, capped at $2
+  rlaif judge configs/gpu-8b.yaml 'judge.prices.gpt-4.1-mini=[0.40, 1.60]' round=1
+  rlaif judge configs/gpu-8b.yaml judge.base_url=http://judge-host:8000/v1 judge.model=Qwen2.5-72B-Instruct \\
+      judge.api_key_env=null                                      # your own `vllm serve`, no key""",
+    "filter": """\
+  rlaif filter configs/quickstart.yaml filter.min_margin=0.2      # re-filter round 0's judgments: no judge call
+  rlaif filter configs/quickstart.yaml round=1 filter.balance_length=true""",
+    "train": """\
+  rlaif train configs/quickstart.yaml                             # DPO + LoRA on round 0's pairs
+  rlaif train configs/quickstart.yaml --no-resume train.beta=0.2  # start over with another beta
+  rlaif train configs/quickstart.yaml train.loss_type=robust train.label_smoothing=0.1   # noisy labels
+  accelerate launch --config_file configs/accelerate/fsdp.yaml -m rlaif train configs/gpu-8b.yaml round=0""",
+    "evaluate": """\
+  rlaif evaluate configs/quickstart.yaml round=1                  # round 1's policy vs SFT, held-out prompts
+  rlaif evaluate configs/quickstart.yaml round=0 evaluate.n_prompts=20 evaluate.mode=score""",
+    "run": """\
+  rlaif run configs/quickstart.yaml                               # every round on this CPU
+  rlaif run configs/quickstart.yaml rounds=1 generate.max_prompts=8 run_dir=runs/first-try
+  rlaif run configs/constitutional.yaml                           # critique-and-revise pairs beside ranked ones
+  RLAIF_TRAIN_LAUNCHER="accelerate launch" rlaif run configs/gpu-8b.yaml   # train under a launcher""",
+}
 
 STAGES = {
     "generate": ("rlaif.generate:run", "sample N candidate responses per prompt (vLLM or transformers)"),
@@ -31,33 +58,52 @@ STAGES = {
 }
 
 MAIN_EPILOG = """\
-the loop (DESIGN.md):  prompts -> generate -> judge -> filter -> train -> evaluate -> next round
+the loop:  prompts -> generate -> judge -> filter -> train -> evaluate -> next round
+(README.md has each stage, its files and every setting; rlaif/config.py has the defaults)
 
 examples:
   rlaif demo-model                                   # build/cache the offline SmolLM2-135M-Instruct demo model
-  rlaif generate --config configs/quickstart.yaml    # candidates on this CPU from the demo model
-  rlaif generate --config configs/gpu-8b.yaml generate.n=8   # vLLM on a GPU
+  rlaif generate configs/quickstart.yaml             # candidates on this CPU from the demo model
+  rlaif generate configs/gpu-8b.yaml generate.n=8    # vLLM on a GPU
   rlaif run configs/quickstart.yaml                  # every round: generate, judge, train, evaluate
-  rlaif evaluate --config configs/quickstart.yaml round=1   # one round's policy vs SFT
+  rlaif evaluate configs/quickstart.yaml round=1     # one round's policy vs SFT
   rlaif status runs/quickstart                       # where a run stands
   rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
   rlaif review runs/quickstart                       # a local page: browse pairs, label a blind sample
-  rlaif calibrate --config configs/quickstart.yaml gold=gold.jsonl   # the judge vs human labels
+  rlaif calibrate configs/quickstart.yaml gold=gold.jsonl   # the judge vs human labels
   rlaif export runs/quickstart --out export/          # pairs as an HF dataset + adapter, with cards
   rlaif generate --help                              # every stage has its own help"""
+
+
+class _Intermixed(argparse.ArgumentParser):
+    """Options may follow positionals: `rlaif train c.yaml run_dir=x --no-resume train.beta=.2`.
+    argparse's parse_known_intermixed_args calls parse_known_args itself, hence the flag."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_mixing", False):
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
+def _config_args(sp) -> None:
+    sp.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML run config (see configs/); or --config")
+    sp.add_argument("--config", "-c", metavar="FILE", help="the same, as an option")
 
 
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF synthetic preferences and iterative DPO.",
                                 epilog=MAIN_EPILOG, formatter_class=fmt)
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Intermixed)
     for name, (_, helptext) in STAGES.items():
         sp = sub.add_parser(name, help=helptext, description=helptext, formatter_class=fmt,
-                            epilog=STAGE_EXAMPLES.format(cmd=name))
-        sp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
-        if name == "run":
-            sp.add_argument("config_file", nargs="?", metavar="CONFIG", help="same as --config")
+                            usage=f"rlaif {name} CONFIG [key.sub=value ...]" + (" [--no-resume]" if name == "train" else ""),
+                            epilog=f"{OVERRIDES_NOTE}\n\nexamples:\n{EXAMPLES[name]}")
+        _config_args(sp)
         sp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         if name == "train":
             sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -68,8 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir", metavar="RUN_DIR")
     rp = sub.add_parser("report", formatter_class=fmt, help="rebuild RUN_DIR/report.md and its PNG plots",
                         description="Rebuild RUN_DIR/report.md (a table of rounds, a one-line verdict, warnings) "
-                                    "and winrate.png, length.png, judge_length.png beside it, from the files the "
-                                    "stages wrote. Makes no model or judge call.",
+                                    "and its plots beside it, from the files the stages wrote: winrate.png (win "
+                                    "rate and LC win rate per round), length.png (answer length per round), "
+                                    "judge_length.png (the judge's preference vs length difference), checks.png "
+                                    "(independent checks per round, when evaluate.checks are set) and training.png "
+                                    "(training curves per round). A plot without data is left out. Makes no model "
+                                    "or judge call and never imports your code (evaluate.checks functions).",
                         epilog="examples:\n  rlaif report runs/quickstart")
     rp.add_argument("run_dir", metavar="RUN_DIR")
     _review_parser(sub, fmt)
@@ -144,8 +194,8 @@ an order-inconsistent or invalid judge outcome counts as a disagreement. judge.m
 `rlaif judge` refuse to start below it (or without a calibration of the same judge and rubric).
 
 examples:
-  rlaif calibrate --config configs/api-judge-rubric.yaml gold=gold.jsonl
-  rlaif review runs/quickstart --export gold.jsonl && rlaif calibrate --config configs/quickstart.yaml gold=gold.jsonl
+  rlaif calibrate configs/api-judge-rubric.yaml gold=gold.jsonl
+  rlaif review runs/quickstart --export gold.jsonl && rlaif calibrate configs/quickstart.yaml gold=gold.jsonl
   rlaif calibrate --config configs/gpu-8b.yaml gold=arena.parquet \\
       'calibrate.columns={response_a: conversation_a, response_b: conversation_b, human: winner}' \\
       'calibrate.human_values={model_a: a, model_b: b, tie: tie, "tie (bothbad)": tie}'"""
@@ -169,7 +219,7 @@ def _calibrate_parser(sub, fmt) -> None:
                         help="judge human-labelled gold pairs: agreement, Cohen's kappa, biases, cost",
                         description="Judge a gold set of human-labelled pairs with the configured judge (both "
                                     "orders, through a ledger) and compare its verdicts with the humans'.")
-    cp.add_argument("--config", "-c", metavar="FILE", help="YAML run config (see configs/)")
+    _config_args(cp)
     cp.add_argument("overrides", nargs="*", metavar="key.sub=value",
                     help="config overrides; gold=PATH is calibrate.gold=PATH")
 
@@ -193,7 +243,8 @@ def _calibrate(args) -> int:
     from rlaif.procs import hold
 
     if not args.config and not args.overrides:
-        raise UserError("rlaif calibrate: give --config FILE and gold=PATH; see rlaif calibrate --help")
+        raise UserError("rlaif calibrate: give a config and gold=PATH (rlaif calibrate CONFIG gold=PATH); "
+                        "see rlaif calibrate --help")
     cfg = load_config(args.config, [f"calibrate.{o}" if o.startswith("gold=") else o for o in args.overrides])
     from rlaif.judge.calibrate import run
 
@@ -217,14 +268,31 @@ def _export(args) -> int:
     return 0
 
 
+def _config_file(args) -> None:
+    """CONFIG given positionally is args.config; a first positional that is an override goes back to them."""
+    if not args.config_file:
+        return
+    if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
+        if args.config:
+            raise UserError(f"rlaif {args.cmd}: two configs ({args.config_file} and --config {args.config}); give one")
+        args.config = args.config_file
+    else:
+        args.overrides.insert(0, args.config_file)
+
+
 def _stage(name: str, args) -> int:
     target, _ = STAGES[name]
     if not args.config and not args.overrides:
-        raise UserError(f"rlaif {name}: give --config FILE (and/or key=value overrides); see rlaif {name} --help")
-    from rlaif.config import dump_config, load_config
+        raise UserError(f"rlaif {name}: give a config: rlaif {name} CONFIG [key.sub=value ...] (or --config FILE); "
+                        f"see rlaif {name} --help")
+    from rlaif.config import dump_config, load_config, masked_urls, restore_secrets
     from rlaif.io import write_text
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = restore_secrets(load_config(args.config, args.overrides))  # a stage of `rlaif run`: the real URLs
+    masked = masked_urls(cfg) if name in ("judge", "evaluate", "run") else []
+    if masked:
+        raise UserError(f"{masked[0]} holds credentials masked as *** (a RUN_DIR/config.yaml never keeps them); "
+                        f"give the real URL ({masked[0]}=...) or run from your own config")
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
     with _lock(name, cfg):  # first: a second, refused process must not rewrite the live one's config.yaml
@@ -261,7 +329,7 @@ def _report(run_dir: str) -> int:
     if (Path(run_dir) / "config.yaml").exists():
         from rlaif.config import load_config
 
-        growth = load_config(Path(run_dir) / "config.yaml").run.max_length_growth
+        growth = load_config(Path(run_dir) / "config.yaml", import_checks=False).run.max_length_growth
     path = write_report(Path(run_dir), growth)
     print(path.read_text().splitlines()[0])
     print(f"rlaif report: done -> {path}")
@@ -291,15 +359,11 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.run_dir)
         if args.cmd == "review":
             return _review(args)
-        if args.cmd == "calibrate":
-            return _calibrate(args)
         if args.cmd == "export":
             return _export(args)
-        if args.cmd == "run" and args.config_file:
-            if args.config_file.endswith((".yaml", ".yml")) or "=" not in args.config_file:
-                args.config = args.config or args.config_file
-            else:
-                args.overrides.insert(0, args.config_file)
+        _config_file(args)
+        if args.cmd == "calibrate":
+            return _calibrate(args)
         return _stage(args.cmd, args)
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)

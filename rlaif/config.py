@@ -6,13 +6,18 @@ an API key (`judge.api_key_env`), never the key itself.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from rlaif.errors import UserError
+from rlaif.overrides import blame, describe, parse_overrides, set_path
+
+NO_KEY = "EMPTY"  # sent as the key when judge.api_key_env is null (vLLM's docs use the same placeholder)
 
 
 class Strict(BaseModel):
@@ -55,7 +60,9 @@ class JudgeConfig(Strict):
                              "reward_model: a sequence-classification reward model in-process")
     model: str | None = Field(None, description="judge model name (openai) or folder (local, reward_model; default: the SFT model)")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1; default: OpenAI's")
-    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="name of the environment variable holding the API key; null: no key (a local "
+                                      "server). Left unset, $OPENAI_API_KEY is sent to OpenAI's endpoint only")
     identity: str | None = Field(
         None, description="declare that several endpoints are one judge (replicas behind a balancer): this name "
                           "replaces the endpoint in every ledger key, so they share verdicts")
@@ -125,11 +132,47 @@ class JudgeConfig(Strict):
         return self.max_tokens or (512 if self.explain else 16)
 
     def timeout_for(self, style: str) -> float:
-        """Reasoning judges think before they answer: minutes, not seconds (FIELD-NOTES)."""
+        """Reasoning judges think before they answer: minutes, not seconds (hidden reasoning tokens come first)."""
         return self.timeout_s or (600.0 if style == "reasoning" else 60.0)
 
     def items(self) -> list[ChecklistItem]:
         return [ChecklistItem(item=i) if isinstance(i, str) else i for i in self.checklist]
+
+    def api_key(self) -> str:
+        """The key to send. api_key_env null sends a placeholder: the openai client, given no key, would
+        read $OPENAI_API_KEY itself and hand a real key to a server that was never configured for it."""
+        if self.api_key_env is None:
+            return NO_KEY
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise UserError(f"judge.backend=openai: environment variable {self.api_key_env} is not set "
+                            "(judge.api_key_env names it; the key itself never goes in a config; "
+                            "api_key_env: null for a server without a key)")
+        return key
+
+    def client_args(self) -> dict:
+        """api_key, base_url and default_query for an openai client. The client appends its path to the
+        whole base_url, query included (.../v1?api-key=K became /v1/?api-key=Kchat/completions, measured
+        with openai 3.63), so a query (Azure's api-key=...) is split off and sent with every request."""
+        from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+        url = self.base_url
+        if not url or not urlsplit(url).query:
+            return {"api_key": self.api_key(), "base_url": url}
+        parts = urlsplit(url)
+        return {"api_key": self.api_key(), "base_url": urlunsplit(parts._replace(query="")),
+                "default_query": dict(parse_qsl(parts.query, keep_blank_values=True))}
+
+    @model_validator(mode="after")
+    def _default_key_goes_to_openai_only(self):
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(self.base_url).hostname or "") if self.base_url else "api.openai.com"
+        if self.backend == "openai" and "api_key_env" not in self.model_fields_set and host != "api.openai.com":
+            raise _check_error(f"base_url points at {host}: name the variable that holds its key (api_key_env: NAME), "
+                               "or api_key_env: null for a server without a key; $OPENAI_API_KEY is sent to "
+                               "api.openai.com only")
+        return self
 
 
 class FilterConfig(Strict):
@@ -162,9 +205,19 @@ class ReviseConfig(Strict):
 
 class TrainConfig(Strict):
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
-    loss_type: str = Field("sigmoid", description="TRL loss: sigmoid, ipo, robust, sigmoid_norm, hinge, ... (comma-separated to combine)")
+    loss_type: str = Field(
+        "sigmoid", description="TRL DPOTrainer loss, checked against the installed TRL's list: sigmoid, ipo, hinge, "
+                               "robust, exo_pair, sigmoid_norm, apo_zero, ... (comma-separated to combine, with "
+                               "loss_weights); robust and exo_pair need label_smoothing")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="read by robust (the share of flipped labels, in (0, 0.5); Robust DPO suggests "
+                                     "0.1), exo_pair (EXO's epsilon, > 0; its paper suggests 1e-3), aot, aot_unpaired")
+    loss_weights: list[float] | None = Field(
+        None, description="one weight per loss in loss_type when combining (e.g. MPO: sigmoid,bco_pair,sft with "
+                          "[0.8, 0.2, 1.0]); None: 1.0 each")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="length-desensitised DPO (LD-DPO) alpha; None: off")
-    learning_rate: float = Field(5e-6, gt=0, description="5e-6: lr 2e-4 LoRA wrecked SmolLM2 here (FIELD-NOTES)")
+    learning_rate: float = Field(
+        5e-6, gt=0, description="5e-6: measured, LoRA at lr 2e-4 on synthetic pairs turned SmolLM2's answers to gibberish")
     max_steps: int = Field(-1, description="-1: run num_epochs")
     num_epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1, description="pairs per device step")
@@ -175,7 +228,9 @@ class TrainConfig(Strict):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | str = Field("all-linear", description='"all-linear" or module names')
-    gradient_checkpointing: bool = Field(False, description="less memory, ~10% slower (FIELD-NOTES)")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass: far less memory, ~10% slower (measured on "
+                          "CPU). None: on with CUDA (an 8B model's activations at 2k tokens need it), off on CPU")
     precompute_ref_log_probs: bool = Field(False, description="reference log-probs once before training")
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base via bitsandbytes (CUDA only)")
     reference: Literal["sft", "previous"] = Field(
@@ -183,6 +238,38 @@ class TrainConfig(Strict):
     merge: bool = Field(False, description="also save merged/ (base + adapter) for serving")
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps; a killed run resumes from the last")
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+
+    @field_validator("loss_type")
+    @classmethod
+    def _trl_knows_it(cls, v):
+        from rlaif.train.losses import loss_problem, trl_loss_types
+
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        if (problem := loss_problem(names, trl_loss_types())):
+            raise _check_error(problem)
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _loss_settings(self):
+        names, ls = self.loss_type.split(","), self.label_smoothing
+        if "exo_pair" in names and ls == 0:
+            raise _check_error("exo_pair needs train.label_smoothing > 0 (EXO's epsilon; its paper suggests 1e-3): "
+                               "TRL refuses 0 when the trainer is built")
+        if "robust" in names and ls == 0:
+            raise _check_error("robust without train.label_smoothing is plain DPO: set the share of labels you "
+                               "expect flipped, e.g. train.label_smoothing=0.1 (Robust DPO, Chowdhury et al. 2024)")
+        if "robust" in names and ls >= 0.5:
+            raise _check_error(f"robust: train.label_smoothing is a share of flipped labels and must be below 0.5 "
+                               f"(got {ls})")
+        from rlaif.train.losses import SMOOTHED_LOSSES
+
+        if ls > 0 and not set(names) & set(SMOOTHED_LOSSES):
+            raise _check_error(f"train.label_smoothing={ls}: only robust, exo_pair, aot and aot_unpaired read it; "
+                               f"with loss_type {self.loss_type} it would be ignored")
+        if self.loss_weights is not None and len(self.loss_weights) != len(names):
+            raise _check_error(f"train.loss_weights: one weight per loss in train.loss_type ({len(names)} losses, "
+                               f"{len(self.loss_weights)} weights)")
+        return self
 
 
 def _check_error(msg: str):
@@ -194,7 +281,7 @@ def _check_error(msg: str):
 class CheckConfig(Strict):
     """One independent check (rlaif/evaluate/checks.py): exactly one kind among regex, word/sentence
     limits, json and function. A bad regex or an unimportable function fails when the config loads,
-    before any stage runs."""
+    before any stage runs (not when a run is only read: load_config(import_checks=False))."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
                               validate_by_alias=True, serialize_by_alias=True)
     regex: str | None = Field(None, description="Python regular expression searched in the response (re.search)")
@@ -222,11 +309,11 @@ class CheckConfig(Strict):
 
     @field_validator("function")
     @classmethod
-    def _imports(cls, v):
+    def _imports(cls, v, info: ValidationInfo):
         from rlaif.evaluate.checks import load_function
 
-        if v is None:
-            return v
+        if v is None or not (info.context or {}).get("import_checks", True):
+            return v  # reading a finished run (status, report) never imports, let alone runs, the user's code
         try:
             load_function(v)
         except ValueError as e:
@@ -258,6 +345,10 @@ class EvaluateConfig(Strict):
     pairs: str | None = Field(None, description="held-out pairs parquet (pairs schema) for implicit-reward accuracy")
     max_pairs: int = Field(256, ge=1, description="at most this many held-out pairs are scored")
     n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the win-rate and check intervals")
+    length_anchor_prompts: int = Field(
+        200, ge=0, description="LC's length slope: the judge compares two of the round's candidates for up to this "
+                               "many training prompts (evaluate.mode's way; free when the judge stage already "
+                               "made that call, else 2 calls a prompt); 0: no LC (rlaif/evaluate/lc_anchor.py)")
     checks: dict[str, CheckConfig] = Field(
         default_factory=dict, description="named checks measured without the judge on policy and SFT answers, e.g. "
                                           "{short: {max_words: 120}, no_sorry: {regex: 'sorry', must_match: false}}")
@@ -337,38 +428,10 @@ class RunConfig(Strict):
         return Path(self.run_dir) / f"round-{self.round if k is None else k}"
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for p in parents:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise UserError(f"override {dotted}: {p} is not a section")
-        node = nxt
-    node[leaf] = value
-
-
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    out = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or " " in key:
-            raise UserError(f"override {item!r}: expected key.sub=value, e.g. generate.n=8")
-        out.append((key, yaml.safe_load(raw) if raw != "" else None))
-    return out
-
-
-def _describe(err: dict) -> str:
-    loc = ".".join(str(x) for x in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if err["type"] == "missing":
-        return f"{loc}: required key is missing"
-    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read YAML (if given), apply overrides, validate; errors name the key and the file."""
+def load_config(path: str | Path | None, overrides: list[str] = (), *, import_checks: bool = True) -> RunConfig:
+    """Read YAML (if given), apply overrides, validate; an error names the key, and the override
+    that set it or else the file. import_checks=False: a check's `module:function` is not imported
+    (rlaif status and report read a run; they never need, or run, the user's code)."""
     data: dict = {}
     where = str(path) if path else "command line"
     if path is not None:
@@ -383,13 +446,69 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
         if not isinstance(data, dict):
             raise UserError(f"{p}: top level must be a mapping of keys")
-    for key, value in parse_overrides(list(overrides)):
-        _set_dotted(data, key, value)
+    parsed = parse_overrides(RunConfig, list(overrides))
+    for key_path, value, item in parsed:
+        set_path(data, key_path, item, value)
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(data, context={"import_checks": import_checks})
     except ValidationError as e:
-        msgs = "; ".join(_describe(err) for err in e.errors())
-        raise UserError(f"{where}: {msgs}") from None
+        by: dict[str | None, list[str]] = {}
+        for err in e.errors():
+            by.setdefault(blame(err, parsed), []).append(describe(RunConfig, err))
+        over = f" (applied to {path})" if path else ""
+        parts = [f"override{'s' if ', ' in item else ''} {item}{over}: {'; '.join(m)}"
+                 for item, m in by.items() if item is not None]
+        if None in by:
+            parts.append(f"{where}: {'; '.join(by[None])}")
+        raise UserError("; ".join(parts)) from None
+
+
+SECRETS_ENV = "RLAIF_RUN_SECRETS"  # rlaif run -> its stages: the URLs config.yaml holds masked
+
+
+def _judges(cfg: RunConfig) -> list[tuple[str, JudgeConfig]]:
+    """The judge sections that send requests to a base_url: judge, and revise.critic when set."""
+    out = [("judge", cfg.judge)]
+    return out + ([("revise.critic", cfg.revise.critic)] if cfg.revise.critic else [])
+
+
+def secret_urls(cfg: RunConfig) -> dict[str, str]:
+    """Each base_url that dump_config masks (credentials in userinfo or the query), by section. `rlaif
+    run` hands them to its stages in their environment, like the API key itself: never in a file
+    (config.yaml, logs) nor on a command line (ps shows it to every user)."""
+    from rlaif.judge.identity import redact_url
+
+    return {name: j.base_url for name, j in _judges(cfg) if j.base_url and redact_url(j.base_url) != j.base_url}
+
+
+def restore_secrets(cfg: RunConfig, env=None) -> RunConfig:
+    """Put the real URLs from $RLAIF_RUN_SECRETS back where config.yaml holds their masked form (only
+    there: a URL the config changed since is left as it is)."""
+    import json
+
+    from rlaif.judge.identity import redact_url
+
+    raw = (os.environ if env is None else env).get(SECRETS_ENV)
+    real = json.loads(raw) if raw else {}
+    for name, j in _judges(cfg):
+        url = real.get(name)
+        if url and j.base_url == redact_url(url):
+            j.base_url = url
+    return cfg
+
+
+def masked_urls(cfg: RunConfig) -> list[str]:
+    """The sections whose base_url still holds credentials masked by dump_config: requests would carry
+    '***' instead of the secret."""
+    from urllib.parse import unquote, urlsplit
+
+    out = []
+    for name, j in _judges(cfg):
+        if j.backend == "openai" and j.base_url:
+            parts = urlsplit(j.base_url)
+            if parts.username == "***" or "=***" in unquote(parts.query):
+                out.append(f"{name}.base_url")
+    return out
 
 
 def dump_config(cfg: RunConfig) -> str:

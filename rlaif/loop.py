@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlaif.config import RunConfig, load_config
+from rlaif.config import SECRETS_ENV, RunConfig, load_config, secret_urls
 from rlaif.errors import UserError
 from rlaif.procs import run_child
 from rlaif.train.policy import adapter_dir, policy_base
@@ -96,11 +96,14 @@ def report(cfg: RunConfig) -> Path:
 
 
 def run(cfg: RunConfig) -> Path:
-    config = Path(cfg.run_dir) / "config.yaml"  # written by the CLI: the resolved config, no secrets
+    config = Path(cfg.run_dir) / "config.yaml"  # written by the CLI: the resolved config, secrets masked
     if cfg.generate.worker:
         raise UserError(f"generate.worker={cfg.generate.worker}: a worker samples only part of a round; use it with "
                         "`rlaif generate` (one per machine), then `rlaif run` once every shard is written")
     todo = stages(cfg)
+    # config.yaml masks credentials in a base_url; the stages get the real URLs as they get the API key
+    secrets = secret_urls(cfg)
+    env = {**os.environ, "RLAIF_RUN_CHILD": "1", **({SECRETS_ENV: json.dumps(secrets)} if secrets else {})}
     if not cfg.evaluate.prompts:
         print("run: evaluate.prompts is not set: no held-out prompts, so rounds are not evaluated "
               "(no win rate, no length-hacking stop)")
@@ -118,7 +121,7 @@ def run(cfg: RunConfig) -> Path:
                 continue
             print(f"run: round {k} {stage} ...", flush=True)
             cmd = stage_command(stage, config, stage_overrides(cfg, k, stage))
-            code = run_child(cmd, {**os.environ, "RLAIF_RUN_CHILD": "1"})  # dies with this process
+            code = run_child(cmd, env)  # dies with this process
             if code != 0:
                 raise StageFailed(stage, k, code)
         print(f"run: round {k} done; report -> {report(cfg)}", flush=True)
@@ -187,7 +190,7 @@ def status(run_dir: str) -> int:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    cfg = load_config(path)
+    cfg = load_config(path, import_checks=False)  # reading a run never imports the user's check functions
     rows = [[f"round {k}"] + [_cell(cfg, k, s) for s in STAGES] for k in range(cfg.rounds)]
     header = ["", *STAGES]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]

@@ -38,7 +38,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_openai_server import BLOCK, State, completion, error_body, judge, logprobs_block, text_of  # noqa: E402
+from fake_openai_server import BLOCK, State, error_body, text_of, verdict_completion  # noqa: E402
 
 
 class Batches:
@@ -61,9 +61,8 @@ class Batches:
         msgs = body.get("messages") or []
         user = [text_of(m.get("content")) for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
         blocks = dict(BLOCK.findall(user[-1] if user else ""))
-        kind, verdict = judge(self.judge_state, blocks)
-        lp = logprobs_block(kind, verdict, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else None
-        return completion(body, verdict, logprobs=lp)
+        prompt = "\n".join(text_of(m.get("content")) for m in msgs if isinstance(m, dict))
+        return verdict_completion(self.judge_state, body, blocks, prompt, None)  # what a live call gets
 
     def new_file(self, name: str, data: bytes, purpose: str) -> dict:
         fid = f"file-{uuid.uuid4().hex[:20]}"

@@ -7,6 +7,11 @@ Prints ``PORT <n>`` as its first stdout line, then serves until killed. It speak
 chat-completions API for the real ``openai`` client: it reads the fenced data blocks of rlaif's judge
 templates (``<<<BEGIN_DATA id=X>>>`` ... ``<<<END_DATA id=X>>>``, ids conversation/A/B or
 conversation/R), answers as a scripted judge (see POLICIES), and injects faults on demand.
+It answers in the form the prompt's answer format asks for (a rationale first with "First explain
+your judgement", the five-way [[A>B]] scale, Yes/No for a checklist question), and with
+`logprobs: true` it returns logprobs for every reply token, as the API does: the verdict's
+distribution is at the verdict's own token, and an explained reply's first token is a word that
+looks like another verdict (tests/judge_replies.py).
 A prompt with an ``original`` block is a critique (ids conversation/original) or a revision
 (conversation/original/critique) of rlaif's pairs.source=revise: it gets text (see revise_text).
 
@@ -64,7 +69,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -78,12 +82,15 @@ import uuid
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from judge_replies import api_logprobs, reply_plan  # noqa: E402
+from judge_replies import content as plan_text  # noqa: E402
+
 MODEL = "fake-judge"
 BLOCK = re.compile(r"<<<BEGIN_DATA id=([A-Za-z0-9_]+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.DOTALL)
 GOOD = re.compile(r"\bGOOD\b")
 FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length",
                "400"}
-FILLER = ["The", "Response", "Both", "Neither", "**", "I"]  # non-label tokens to pad top_logprobs
 
 
 class BadControl(ValueError):
@@ -276,10 +283,23 @@ def hash_score(r: str) -> int:
     return 1 + int(sha(r), 16) % 9
 
 
-def judge(state: State, blocks: dict[str, str]) -> tuple[str, str]:
-    """(kind, verdict): kind 'pairwise' with verdict A/B/tie, or 'score' with a digit."""
+def asks(prompt: str) -> dict:
+    """What the judge prompt asks for, read from the answer format rlaif's templates write
+    (rlaif/judge/templates.py ANSWER and EXPLAIN): a rationale first, the five-way scale, yes/no."""
+    return {"explain": "First explain your judgement" in prompt, "graded": "A>>B" in prompt,
+            "checklist": "Yes or No" in prompt or "`Answer: Yes`" in prompt}
+
+
+def judge(state: State, blocks: dict[str, str], checklist: bool = False) -> tuple[str, str]:
+    """(kind, verdict): 'pairwise' with A/B/tie, 'score' with a digit, or 'checklist' with Yes/No."""
     with state.lock:
         policy = state.policy
+    if checklist and "R" in blocks:
+        r = blocks["R"]
+        yes = {"longer": len(r) > 40, "first": True, "quality": bool(GOOD.search(r))}.get(policy, int(sha(r), 16) % 2 == 0)
+        if policy.startswith("flip:") and state.flip(float(policy[5:])):
+            yes = not yes
+        return "checklist", "Yes" if yes else "No"
     if "A" in blocks and "B" in blocks:
         a, b = blocks["A"], blocks["B"]
         if policy == "longer":
@@ -307,29 +327,16 @@ def judge(state: State, blocks: dict[str, str]) -> tuple[str, str]:
     return "score", str(s)
 
 
-def top_candidates(kind: str, verdict: str) -> list[tuple[str, float]]:
-    """(token, probability) for the first token, most likely first, consistent with the verdict."""
-    if kind == "pairwise":
-        if verdict == "tie":
-            cands = [("tie", 0.6), ("A", 0.2), ("B", 0.15)]
-        else:
-            loser = "B" if verdict == "A" else "A"
-            cands = [(verdict, 0.8), (loser, 0.14), ("tie", 0.04)]
-    else:
-        s = int(verdict)
-        probs = {s: 0.6, s - 1: 0.15, s + 1: 0.15, s - 2: 0.04, s + 2: 0.04}
-        cands = sorted(((str(d), p) for d, p in probs.items() if 1 <= d <= 9), key=lambda t: -t[1])
-    base = max(1e-4, min(1.0 - sum(p for _, p in cands), cands[-1][1]))  # below every label, within the mass left
-    filler = [(tok, base * 0.5 ** (i + 2)) for i, tok in enumerate(FILLER)]
-    return cands + filler
-
-
-def logprobs_block(kind: str, verdict: str, n: int) -> dict:
-    cands = top_candidates(kind, verdict)
-    chosen = dict(cands)[verdict]
-    top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in cands[:max(0, n)]]
-    return {"content": [{"token": verdict, "logprob": math.log(chosen), "bytes": None,
-                         "top_logprobs": top}], "refusal": None}
+def verdict_completion(state: State, req: dict, blocks: dict[str, str], prompt: str, reasoning: int | None) -> dict:
+    """The scripted verdict in the form the prompt asks for, with logprobs for every reply token
+    when asked (tests/judge_replies.py): the verdict's distribution sits at the verdict's token."""
+    a = asks(prompt)
+    kind, verdict = judge(state, blocks, a["checklist"])
+    plan = reply_plan(kind, verdict, a["explain"], a["graded"])
+    if reasoning is not None:
+        return reasoning_completion(req, plan_text(plan), reasoning)
+    lp = api_logprobs(plan, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
+    return completion(req, plan_text(plan), logprobs=lp)
 
 
 def completion(req: dict, content: str, *, finish: str = "stop", logprobs: dict | None = None,
@@ -463,7 +470,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def authorized(self) -> bool:
         key = self.state.api_key
-        return not key or self.headers.get("Authorization", "") == f"Bearer {key}"
+        return (not key or self.headers.get("Authorization", "") == f"Bearer {key}") and self.url_credentials()
+
+    def url_credentials(self) -> bool:
+        """$FAKE_OPENAI_URL_AUTH=user:password requires the basic auth a base_url's userinfo gives;
+        $FAKE_OPENAI_QUERY_KEY=K requires ?api-key=K (Azure style) on the request."""
+        import base64
+        from urllib.parse import parse_qs, urlsplit
+
+        basic, qkey = os.environ.get("FAKE_OPENAI_URL_AUTH"), os.environ.get("FAKE_OPENAI_QUERY_KEY")
+        if basic and self.headers.get("Authorization", "") != "Basic " + base64.b64encode(basic.encode()).decode():
+            return False
+        return not qkey or parse_qs(urlsplit(self.path).query).get("api-key") == [qkey]
 
     # -- routes
 
@@ -621,10 +639,8 @@ class Handler(BaseHTTPRequestHandler):
         if "original" in blocks:  # a critique or revision: text, no logprobs
             reply = text_completion(req, revise_text(blocks), reasoning)
         else:
-            jkind, verdict = judge(st, blocks)
-            lp = logprobs_block(jkind, verdict, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
-            reply = completion(req, verdict, logprobs=lp) if reasoning is None else \
-                reasoning_completion(req, verdict, reasoning)
+            allt = "\n".join(text_of(m.get("content")) for m in messages if isinstance(m, dict))
+            reply = verdict_completion(st, req, blocks, allt, reasoning)
         if reasoning is not None and not reply["choices"][0]["message"]["content"]:  # reasoning used the whole cap
             with st.lock:
                 st.fault_counts["reasoning_cut_off"] += 1

@@ -2,7 +2,8 @@
 testing stage semantics — explained, graded and checklist verdicts — without a model or a server.
 
 It reads the fenced blocks of the rendered judge prompt, as a real judge would, and answers by a
-rule a test can predict: the response with more numbered-list lines wins (graded "much better"
+rule a test can predict (with logprobs for every reply token, as the API gives them:
+tests/judge_replies.py): the response with more numbered-list lines wins (graded "much better"
 when it has at least 3 more), the longer one breaks a tie. Every call it answers is counted in
 ScriptedJudge.calls, so a test can prove that a rerun made none. As a critic (pairs.source=revise) it
 asks for a numbered list and revises into one (see revise_text for the markers a test can use).
@@ -12,9 +13,9 @@ asks for a numbered list and revises into one (see revise_text for the markers a
 from __future__ import annotations
 
 import itertools
-import math
 import re
 
+from judge_replies import content, positions, reply_plan
 from rlaif.judge.backends import Reply
 
 BLOCK = re.compile(r"<<<BEGIN_DATA id=(\w+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.S)
@@ -55,19 +56,19 @@ class ScriptedJudge:
         if call.kind == "checklist_writer":  # a per-prompt checklist, as RLCF writes one per instruction
             return Reply(text="Here is the checklist:\n- Is the answer a numbered list?\n- Is it polite?",
                          finish_reason="stop")
-        if call.kind == "pairwise":
-            verdict = self._pairwise(b)
-            if self.cfg.explain:  # a rationale that names slot A, whatever the verdict is
-                return Reply(text=f"Response A opens well; A is shorter.\nVerdict: {verdict}", finish_reason="stop")
-            return Reply(text=verdict, finish_reason="stop")
-        if call.kind == "checklist":
+        explain, graded = self.cfg.explain, self.cfg.verdicts == "graded"
+        if call.kind == "pairwise":  # explained: a rationale that names slot A, whatever the verdict is
+            plan = reply_plan("pairwise", self._pairwise(b), explain, graded, why="Response A opens well; A is shorter.")
+        elif call.kind == "checklist":
             yes = bool(NUMBERED.search(b["R"])) if "numbered" in call.messages[-1]["content"] else len(b["R"]) < 80
-            p = 0.9 if yes else 0.2
-            top = {"Yes": math.log(p), "No": math.log(1 - p)}
-            text = ("It reads as asked.\nAnswer: " if self.cfg.explain else "") + ("Yes" if yes else "No")
-            return Reply(text=text, top=None if self.cfg.explain else top, finish_reason="stop")
-        n = listiness(b["R"])[0]
-        return Reply(text=str(min(9, 1 + 2 * n)), finish_reason="stop")
+            p = 0.9 if yes else 0.2  # P(yes) at the answer's token
+            plan = reply_plan("checklist", "Yes" if yes else "No", explain, why="It reads as asked.",
+                              alts=[("Yes", p), ("No", 1 - p)] if yes else [("No", 1 - p), ("Yes", p)])
+        else:
+            n = listiness(b["R"])[0]
+            plan = reply_plan("score", str(min(9, 1 + 2 * n)), explain, why=f"It has {n} list items.")
+        # logprobs for every reply token, as the API returns them, in explain mode too (issue 18)
+        return Reply(text=content(plan), top=positions(plan), finish_reason="stop")
 
     def run(self, calls, on_reply) -> None:
         for call in itertools.islice(calls, None):

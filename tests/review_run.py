@@ -68,3 +68,54 @@ def build_run(run_dir: Path, cfg: FilterConfig = FilterConfig()) -> Path:
         write_parquet(rdir / "pairs.parquet", pairs, PAIRS_SCHEMA)
         write_json(rdir / "pairs.card.json", {"stage": "filter", "round": k, **card})
     return run_dir
+
+
+# A round judged by checklist (judge.mode=checklist: each candidate alone, item by item, no pairwise
+# call), with weights that turn the ranking around: item "0" weighs 3, item "1" weighs 1.
+#   k1  c0: 0 yes (0.9), 1 no (0.1)  -> weighted 0.70, unweighted 0.50
+#       c1: 0 no (0.3), 1 yes (1.0)  -> weighted 0.475, unweighted 0.65: the weights pick c0
+#   k2  c0: both yes (0.8, 0.7)      -> 0.775 / 0.75; c1: both no (0.2, 0.1) -> 0.175 / 0.15: c0 either way
+# Round 1 is judged by rubric score (judge.mode=score): s1 c0 7.0, c1 4.0.
+CHECKLIST = {"0": {"item": "Does it answer the question asked?", "weight": 3.0},
+             "1": {"item": "Is it under 20 words?", "weight": 1.0}}
+CHECKLIST_ROUND = {
+    "k1": (("The answer is 42, because 6 x 7 = 42.", [("yes", 0.9), ("no", 0.1)]),
+           ("Numbers are fun.", [("no", 0.3), ("yes", 1.0)])),
+    "k2": (("Yes: boil for 9 minutes.", [("yes", 0.8), ("yes", 0.7)]),
+           ("Eggs come from hens, which live on farms all over the world and lay them daily.",
+            [("no", 0.2), ("no", 0.1)])),
+}
+SCORE_ROUND = {"s1": (("A clear, correct proof.", 7.0), ("A proof with a gap.", 4.0))}
+
+
+def single_frames(k: int, spec: dict, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    cands, judg = [], []
+    for pid, sides in spec.items():
+        for i, (text, judged) in enumerate(sides):
+            cid = f"{pid}/c{i}"
+            cands.append({"prompt_id": pid, "candidate_id": cid, "round": k,
+                          "messages": [{"role": "user", "content": f"Question {pid} of round {k}?"}],
+                          "response": text, "num_tokens": 10 + 2 * i, "finish_reason": "stop", "model": "m",
+                          "adapter": None, "seed": 0})
+            answers = judged if kind == "checklist" else [("score", judged)]
+            for item, (verdict, p) in enumerate(answers):
+                judg.append({"key": f"{k}|{cid}|{item}", "prompt_id": pid, "kind": kind, "a_id": cid,
+                             "verdict": verdict, "score_a": p, "item": str(item) if kind == "checklist" else None,
+                             "judge_model": "judge-m"})
+    j = pl.DataFrame({c: [r.get(c) for r in judg] for c in JUDGMENTS_SCHEMA}, schema=JUDGMENTS_SCHEMA)
+    return pl.DataFrame(cands, schema=CANDIDATES_SCHEMA), j
+
+
+def build_checklist_run(run_dir: Path, cfg: FilterConfig = FilterConfig()) -> Path:
+    """Round 0 judged by a weighted checklist, round 1 by rubric score, each filtered as `rlaif filter`
+    does: with the checklist's weights, recorded in pairs.card.json as the filter stage records them."""
+    weights = {i: c["weight"] for i, c in CHECKLIST.items()}
+    for k, spec, kind in ((0, CHECKLIST_ROUND, "checklist"), (1, SCORE_ROUND, "score")):
+        rdir = run_dir / f"round-{k}"
+        cands, j = single_frames(k, spec, kind)
+        write_parquet(rdir / "candidates" / "part-00000.parquet", cands, CANDIDATES_SCHEMA)
+        write_parquet(rdir / "judgments.parquet", j, JUDGMENTS_SCHEMA)
+        pairs, card = flt.filter_pairs(j, cands, cfg, k, weights)
+        write_parquet(rdir / "pairs.parquet", pairs, PAIRS_SCHEMA)
+        write_json(rdir / "pairs.card.json", {"stage": "filter", "round": k, **card, "checklist": CHECKLIST})
+    return run_dir

@@ -89,3 +89,148 @@ def test_cli_config_error_is_one_line(tmp_path):
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "configs/quickstart.yaml" in lines[0] and "generate.n" in lines[0]
+
+
+# ------------------------------------------------- issue 18, item 11: overrides a newcomer writes
+
+def test_price_key_with_dots_is_one_key():
+    """A model name has dots: judge.prices is a dict field, so the rest of the path is one key
+    (quoting it works too)."""
+    cfg = load_config(ROOT / "configs/gpu-8b.yaml", ["judge.prices.gpt-4.1-mini=[0.5, 2.0]",
+                                                      'judge.prices."o4-mini.2025"=[1.1, 4.4]'])
+    assert cfg.judge.prices == {"gpt-4.1-mini": (0.5, 2.0), "o4-mini.2025": (1.1, 4.4)}
+    cfg = load_config(ROOT / "configs/quickstart.yaml", ["evaluate.checks.short.max_words=9"])
+    assert cfg.evaluate.checks["short"].max_words == 9  # a dict of sections still nests after its key
+
+
+def test_override_error_is_blamed_on_the_override_not_the_file(tmp_path):
+    msg = str(pytest.raises(UserError, load_config, ROOT / "configs/quickstart.yaml", ["generate.n=zero"]).value)
+    assert msg.startswith("override generate.n=zero"), msg
+    assert "generate.n:" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: x.jsonl\ngenerate:\n  n: zero\n")
+    msg = str(pytest.raises(UserError, load_config, bad, ["generate.max_tokens=5"]).value)
+    assert msg.startswith(f"{bad}:") and "override generate" not in msg, msg  # the file's own mistake names the file
+
+
+@pytest.mark.parametrize("override,hint", [
+    ("generate.temprature=0.3", "did you mean generate.temperature?"),
+    ("promts=x.jsonl", "did you mean prompts?"),
+    ("judge.api_key_environment=K", "did you mean judge.api_key_env?"),
+])
+def test_misspelt_key_gets_did_you_mean(override, hint):
+    msg = str(pytest.raises(UserError, load_config, ROOT / "configs/quickstart.yaml", [override]).value)
+    assert "unknown key" in msg and hint in msg, msg
+
+
+def test_misspelt_key_in_file_gets_did_you_mean(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts: x.jsonl\ntrain:\n  learning_rat: 1.0e-5\n")
+    msg = str(pytest.raises(UserError, load_config, bad).value)
+    assert "train.learning_rat: unknown key; did you mean train.learning_rate?" in msg, msg
+
+
+def test_config_module_points_at_the_readme_not_missing_notes():
+    """DESIGN.md and FIELD-NOTES are not in this repository: a reader must be sent to what is."""
+    for path in (ROOT / "rlaif" / "config.py", ROOT / "rlaif" / "cli.py", *CONFIGS):
+        text = path.read_text()
+        assert "FIELD-NOTES" not in text and "DESIGN.md" not in text, path
+
+
+# ------------------------------------------------- issue 18, item 10: configs that fail hours in
+
+def test_loss_type_is_checked_against_the_installed_trl():
+    from rlaif.train.losses import trl_loss_types
+
+    names = trl_loss_types()
+    assert {"sigmoid", "ipo", "robust", "exo_pair", "sigmoid_norm", "apo_zero"} <= set(names)
+    from trl import DPOConfig  # the list read without importing trl is the one trl itself documents
+
+    assert all(f"`'{n}'`" in DPOConfig.__dataclass_fields__["loss_type"].metadata["help"] for n in names)
+    msg = str(pytest.raises(UserError, load_config, ROOT / "configs/quickstart.yaml", ["train.loss_type=simpo"]).value)
+    assert "train.loss_type" in msg and "SimPO is not a DPO loss" in msg and "CPOTrainer" in msg, msg
+    msg = str(pytest.raises(UserError, load_config, ROOT / "configs/quickstart.yaml",
+                            ["train.loss_type=sigmoid,sigmod"]).value)
+    assert "'sigmod'" in msg and "did you mean sigmoid?" in msg and "sigmoid_norm" in msg, msg
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.loss_type=exo_pair"], "exo_pair needs train.label_smoothing > 0"),
+    (["train.loss_type=robust"], "robust without train.label_smoothing is plain DPO"),
+    (["train.loss_type=robust", "train.label_smoothing=0.5"], "below 0.5"),
+    (["train.loss_type=sigmoid", "train.label_smoothing=0.1"], "only robust, exo_pair, aot and aot_unpaired read it"),
+    (["train.loss_type=sigmoid,sft", "train.loss_weights=[1.0]"], "one weight per loss"),
+])
+def test_loss_settings_that_trl_would_reject_or_ignore_fail_at_load(overrides, needle):
+    msg = str(pytest.raises(UserError, load_config, ROOT / "configs/quickstart.yaml", overrides).value)
+    assert needle in msg, msg
+
+
+def test_loss_settings_trl_accepts_load():
+    base = ROOT / "configs/quickstart.yaml"
+    assert load_config(base, ["train.loss_type=robust", "train.label_smoothing=0.1"]).train.label_smoothing == 0.1
+    assert load_config(base, ["train.loss_type=exo_pair", "train.label_smoothing=1e-3"]).train.loss_type == "exo_pair"
+    cfg = load_config(base, ["train.loss_type=sigmoid,bco_pair,sft", "train.loss_weights=[0.8, 0.2, 1.0]"])  # MPO
+    assert cfg.train.loss_weights == [0.8, 0.2, 1.0]
+
+
+def test_gradient_checkpointing_defaults_to_on_with_cuda():
+    from rlaif.train.stage import gradient_checkpointing
+
+    t = load_config(ROOT / "configs/quickstart.yaml").train
+    assert t.gradient_checkpointing is None
+    assert gradient_checkpointing(t, cuda=True) is True and gradient_checkpointing(t, cuda=False) is False
+    off = load_config(ROOT / "configs/quickstart.yaml", ["train.gradient_checkpointing=false"]).train
+    assert gradient_checkpointing(off, cuda=True) is False
+
+
+def gpu_train_memory_gb(t, *, layers=32, hidden=4096, inter=14336, kv_heads=8, heads=32, vocab=128_256,
+                        params=8.03e9, ckpt=True) -> float:
+    """The estimate written in configs/gpu-8b.yaml, for Llama-3.1-8B (its config.json dimensions):
+    bf16 weights, LoRA parameters with fp32 AdamW state, and the activations of one micro-batch
+    of chosen + rejected (2 x batch_size sequences of max_length tokens)."""
+    tokens = 2 * t.batch_size * t.max_length
+    weights = 2 * params
+    kv = hidden * kv_heads // heads
+    lora_params = layers * t.lora_r * ((hidden + hidden) * 2 + (hidden + kv) * 2 + (hidden + inter) * 3)
+    lora = lora_params * (2 + 4 + 4 + 4 + 4)  # bf16 copy, fp32 weight (PEFT upcasts adapters), grad, Adam m and v
+    # per token per layer, bf16, flash/SDPA attention (no seq x seq matrix): with checkpointing only the
+    # layer input is kept (+ one layer's full activations during recompute); without, every
+    # intermediate (~ 16 hidden + 6 intermediate values: qkv, attention out, norms, gate/up/act) is kept
+    per_layer = 2 * hidden if ckpt else 2 * (16 * hidden + 6 * inter)
+    acts = tokens * per_layer * layers + tokens * 2 * (16 * hidden + 6 * inter)
+    logits = tokens * vocab * 4 * 2  # fp32 logits and their log-softmax for the policy's forward
+    return (weights + lora + acts + logits) / 1e9
+
+
+def test_gpu_config_fits_one_80gb_gpu():
+    cfg = load_config(ROOT / "configs/gpu-8b.yaml")
+    t = cfg.train
+    assert t.gradient_checkpointing in (None, True)  # None: on with CUDA
+    need = gpu_train_memory_gb(t, ckpt=True)
+    assert need < 70, f"{need:.0f} GB: leave headroom below 80 GB for the allocator and CUDA context"
+    text = (ROOT / "configs/gpu-8b.yaml").read_text()
+    assert f"~{round(need)} GB" in text, "the config's comment states the same estimate"
+
+
+def test_constitutional_config_ships_the_readme_example():
+    cfg = load_config(ROOT / "configs/constitutional.yaml")
+    assert cfg.pairs.source == "both" and len(cfg.judge.principles) >= 3
+    assert cfg.judge.rubric == "configs/rubrics/harmlessness.md" and (ROOT / cfg.judge.rubric).is_file()
+    assert cfg.judge.mode != "checklist" or not cfg.revise.confirm  # confirmation needs pairwise or score
+    assert "configs/constitutional.yaml" in (ROOT / "README.md").read_text()
+
+
+# ------------------------------------------------- issue 18, item 10: a local server without a key
+
+def test_no_key_is_explicit_and_the_default_key_goes_to_openai_only():
+    base = ROOT / "configs/quickstart.yaml"
+    local = ["judge.backend=openai", "judge.base_url=http://127.0.0.1:8000/v1", "judge.model=m"]
+    cfg = load_config(base, [*local, "judge.api_key_env=null"])
+    assert cfg.judge.api_key_env is None
+    msg = str(pytest.raises(UserError, load_config, base, local).value)
+    assert "judge: base_url points at 127.0.0.1" in msg and "api_key_env: null" in msg, msg
+    assert load_config(base, ["judge.backend=openai"]).judge.api_key_env == "OPENAI_API_KEY"  # OpenAI's own endpoint
+    assert load_config(base, [*local, "judge.api_key_env=MY_KEY"]).judge.api_key_env == "MY_KEY"
+    loaded = load_config(base, [*local, "judge.api_key_env=null"])
+    assert yaml.safe_load(dump_config(loaded))["judge"]["api_key_env"] is None

@@ -109,6 +109,28 @@ def test_real_template_is_understood(server, client):
     assert r.choices[0].message.content == str(1 + int(sha("Green."), 16) % 9)
 
 
+def test_explained_replies_carry_logprobs_for_every_token(server, client):
+    # as the API: logprobs.content has one entry per reply token, their bytes spell the reply, and
+    # the verdict's distribution is at the verdict's token, not at the rationale's first word
+    from rlaif.config import load_config
+    from rlaif.judge import templates
+
+    convo = [{"role": "user", "content": "Name a colour."}]
+    for extra, kind, labels in (([], "pairwise", {" A", " B"}), (["judge.mode=checklist"], "checklist", {" Yes", " No"}),
+                                (["judge.mode=score"], "score", {f" {d}" for d in range(1, 10)})):
+        spec = templates.build_spec(load_config(None, ["prompts=x", "judge.explain=true", *extra]).judge)
+        msgs = spec.render(kind, convo, "Blue.", "Red.", question="Is it short?")
+        ch = ask(client, msgs).choices[0]
+        toks = ch.logprobs.content
+        assert len(toks) > 5 and b"".join(bytes(t.bytes) for t in toks).decode() == ch.message.content
+        assert all(t.top_logprobs and t.top_logprobs[0].token == t.token for t in toks)
+        last = toks[-1]
+        assert templates.parse(kind, ch.message.content, True)[0] is not None and last.token.strip() in \
+            ch.message.content.splitlines()[-1]
+        assert {a.token for a in last.top_logprobs[:2]} <= labels  # the verdict and its runner-up
+        assert toks[0].token.strip() != last.token.strip()  # the rationale opens with another word
+
+
 def test_policies(server, client):
     short, long_, good = "ok", "a much longer answer " * 5, "this one is GOOD"
     server.control(policy="longer")

@@ -295,3 +295,35 @@ def test_run_end_to_end(tmp_path, capsys):
     with pytest.raises(UserError, match="'p/zzz' missing from candidates"):
         flt.run(cfg)
     assert pl.read_parquet(path).equals(pairs)  # a failed rerun leaves the old pairs whole
+
+
+def test_run_records_the_checklist_it_ranked_with_and_readers_use_it(tmp_path):
+    """Issue 18: the review page and the human-agreement figures ranked checklist candidates without
+    the weights the filter used. With items weighed 3:1, k1/c0 wins; unweighted, k1/c1 would."""
+    from review_run import CHECKLIST, CHECKLIST_ROUND, single_frames
+    from rlaif.config import dump_config
+    from rlaif.evaluate import labels, review_data
+
+    items = [{"item": c["item"], "weight": c["weight"]} for c in CHECKLIST.values()]
+    cfg = RunConfig(run_dir=str(tmp_path / "run"), round=0, prompts="unused.jsonl",
+                    judge={"mode": "checklist", "checklist": items})
+    rdir = cfg.round_dir()
+    cands, j = single_frames(0, CHECKLIST_ROUND, "checklist")
+    write_parquet(rdir / "judgments.parquet", j, JUDGMENTS_SCHEMA)
+    write_parquet(rdir / "candidates" / "part-00000.parquet", cands, CANDIDATES_SCHEMA)
+    write_json(rdir / "judge.manifest.json", {"stage": "judge"})
+    pairs = pl.read_parquet(flt.run(cfg))
+    assert dict(zip(pairs["prompt_id"], pairs["chosen_id"])) == {"k1": "k1/c0", "k2": "k2/c0"}
+    card = json.loads((rdir / "pairs.card.json").read_text())
+    assert card["checklist"] == CHECKLIST
+    assert flt.checklist_weights(cfg.judge) == {"0": 3.0, "1": 1.0}
+    # the readers: from the card, and from the run's config when a card predates the record
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(cfg))
+    for drop in (False, True):
+        if drop:
+            write_json(rdir / "pairs.card.json", {k: v for k, v in card.items() if k != "checklist"})
+        df, meta = review_data.load_round(tmp_path / "run", 0)
+        k1 = df.filter(pl.col("prompt_id") == "k1").row(0, named=True)
+        assert (k1["left_id"], k1["status"], meta["weights"]) == ("k1/c0", "kept", {"0": 3.0, "1": 1.0})
+        assert meta["weights_from"].endswith("config.yaml" if drop else "pairs.card.json")
+        assert labels.judge_lookup(tmp_path / "run", 0)[("k1", "k1/c0", "k1/c1")] == "a"

@@ -132,3 +132,19 @@ def test_kill_9_then_rerun_never_submits_twice(bsrv, tmp_path, at):
     assert len(st["submitted"]) == N_CALLS and set(st["submitted"].values()) == {1}
     assert verdicts(run_dir).equals(verdicts(ref))
     assert KEY not in res.stdout + res.stderr + (tmp_path / "killed.log").read_text()
+
+
+def test_batch_replies_read_the_verdict_token_too(bsrv, tmp_path):
+    # the batch path shares the live reply reader: an explained score is read at its digit, not at the
+    # rationale's first token ("2 small slips aside ...\nScore: 8" is ~7.9, not 2.1; issue 18)
+    from judge_replies import top_candidates
+
+    write_candidates(tmp_path, standard(2, 2))
+    stage.run(config(tmp_path, bsrv, *BATCH[:1], *BATCH[2:4], "judge.mode=score", "judge.explain=true",
+                     "judge.min_consistency=0"))
+    rows = [r for r in ledger_rows(tmp_path) if r["kind"] == "score"]
+    assert len(rows) == 4 and bsrv.stats()["batches_created"] == 1
+    for r in rows:
+        alts = [(int(t), p) for t, p in top_candidates("score", r["raw"][-1]) if t.isdigit()]
+        assert r["raw"].splitlines()[-1].startswith("Score: ")
+        assert r["score_a"] == pytest.approx(sum(d * p for d, p in alts) / sum(p for _, p in alts)), r["raw"]

@@ -610,3 +610,22 @@ def test_wrong_base_url_is_a_clear_error(server, tmp_path):
     # and not the generic "calls got no reply" (JudgeIncomplete is a UserError too)
     with pytest.raises(UserError, match=r"judge: HTTP 404 from .*check judge.base_url \(it usually ends in /v1\)"):
         stage.run(config(tmp_path, server, f"judge.base_url={server.url}"))
+
+
+def test_an_unreachable_endpoint_names_the_host_without_credentials(tmp_path, monkeypatch):
+    import socket
+    from types import SimpleNamespace
+
+    write_candidates(tmp_path, standard(1, 2))
+    monkeypatch.setenv(ENV, KEY)
+    with socket.socket() as closed:  # bound, never listening: every connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        url = f"http://bob:pa55word@127.0.0.1:{port}/v1?api-key=t0ken"
+        with pytest.raises(UserError) as e:
+            stage.run(load_config(None, overrides(tmp_path, SimpleNamespace(base_url=url), "judge.max_retries=1")))
+    msg = str(e.value)
+    assert "\n" not in msg and "pa55word" not in msg and "t0ken" not in msg and KEY not in msg
+    assert f"cannot connect to http://***@127.0.0.1:{port}/v1" in msg, msg
+    assert "connection refused" in msg.lower() and "check judge.base_url" in msg, msg
+    assert {row["status"] for row in ledger_rows(tmp_path)} == {"error"}

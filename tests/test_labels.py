@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import ROOT
-from review_run import build_run
+from review_run import build_checklist_run, build_run
 from rlaif.errors import UserError
 from rlaif.evaluate import labels as L
 from rlaif.evaluate import review_data
@@ -119,3 +119,17 @@ def test_run_agreement_report_and_export(tmp_path):
     assert tuple(back.columns) == L.GOLD_COLUMNS
     assert back["human"].to_list() == ["a", "a", "a", "tie"]
     assert json.loads(gold.read_text().splitlines()[0])["messages"] == by_pid["p1"]["messages"]
+
+
+def test_agreement_compares_people_with_the_label_the_filter_used(tmp_path):
+    """Weighted checklist items (3:1) pick k1/c0; an unweighted mean would pick k1/c1. A person who
+    agrees with pairs.parquet agrees with the judge."""
+    run = build_checklist_run(tmp_path / "run")
+    assert pl.read_parquet(run / "round-0" / "pairs.parquet").filter(pl.col("prompt_id") == "k1")["chosen_id"][0] == "k1/c0"
+    assert L.judge_lookup(run, 0)[("k1", "k1/c0", "k1/c1")] == "a"
+    for pid, human in (("k1", "a"), ("k2", "a")):
+        L.LabelStore(run / L.FILENAME).put({**item(0), "item_id": pid, "prompt_id": pid, "a_id": f"{pid}/c0",
+                                            "b_id": f"{pid}/c1"}, human)
+    a = L.run_agreement(run)
+    assert (a["n"], a["agree"], a["agreement"]) == (2, 2, 1.0)
+    assert "| all | 2 | 100% (2/2) |" in write_report(run).read_text()

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from conftest import ROOT, rlaif_cli
-from review_run import ROUND0, build_run
+from review_run import CHECKLIST, ROUND0, build_checklist_run, build_run
 from rlaif.evaluate import review_data
 from rlaif.evaluate.labels import GOLD_COLUMNS, LabelStore, run_agreement
 
@@ -167,6 +167,60 @@ def test_page_browse_label_reload(run_dir, browser):
     assert (row["response_a"] if row["human"] == "a" else row["response_b"]) == shown_a
     share = run_agreement(run_dir)["agreement"]
     assert after.startswith(f"Judge agreement: {round(100 * share)}%")
+
+
+def test_checklist_page_in_a_browser_shows_what_the_judge_decided(tmp_path, browser):
+    """judge.mode=checklist and score make no pairwise call: the page shows each candidate's answers and
+    P(yes) (or its score) and the filter's chosen answer, never both-order verdicts that were not asked."""
+    from selenium.webdriver.support.ui import Select
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def pair_text(needle: str):
+        def check(d):  # the text itself, read in one go: a re-render between finding and reading is a retry
+            try:
+                return next((t for t in (p.text for p in d.find_elements("css selector", ".pair")) if needle in t), None)
+            except StaleElementReferenceException:
+                return None
+        return check
+
+    run = build_checklist_run(tmp_path / "run")
+    with review_server(run) as (url, _):
+        browser.get(url)
+        body = wait_for(browser, pair_text("prompt k1"), "the checklist pair k1")
+        # the filter's chosen (weights 3:1): k1/c0, though an unweighted mean would pick k1/c1
+        assert "chosen · k1/c0" in body and "rejected · k1/c1" in body, body
+        assert "judged each candidate alone (checklist, weighted P(yes))" in body, body
+        assert f"{CHECKLIST['0']['item']} (weight 3): yes, P(yes) 0.90" in body, body
+        assert f"{CHECKLIST['1']['item']} (weight 1): yes, P(yes) 1.00" in body, body
+        assert "weighted P(yes) 0.700" in body and "weighted P(yes) 0.475" in body, body
+        for wrong in ("same winner in both orders", "not judged", "shown first"):
+            assert wrong not in body, f"the checklist pair says {wrong!r}: {body}"
+        screenshot(browser, "checklist.png")
+        Select(browser.find_element("id", "round")).select_by_value("1")
+        body = wait_for(browser, pair_text("prompt s1"), "the scored pair s1")
+        assert "judged each candidate alone (score)" in body and "score 7.00" in body and "score 4.00" in body, body
+        for wrong in ("same winner in both orders", "not judged", "shown first"):
+            assert wrong not in body, f"the scored pair says {wrong!r}: {body}"
+
+
+def test_checklist_round_data_follows_the_filters_weights(tmp_path):
+    run = build_checklist_run(tmp_path / "run")
+    df, meta = review_data.load_round(run, 0)
+    pairs = pl.read_parquet(run / "round-0" / "pairs.parquet")
+    assert pairs.filter(pl.col("prompt_id") == "k1")["chosen_id"].to_list() == ["k1/c0"]
+    rows = {r["prompt_id"]: r for r in df.to_dicts()}
+    for p in pairs.iter_rows(named=True):  # the page's chosen is the one pairs.parquet has, and it is kept
+        r = rows[p["prompt_id"]]
+        assert (r["left_id"], r["right_id"], r["status"]) == (p["chosen_id"], p["rejected_id"], "kept")
+    assert meta["card_mismatch"] == [] and meta["weights"] == {"0": 3.0, "1": 1.0}
+    k1 = rows["k1"]
+    assert k1["judged_by"] == "checklist" and k1["left_first"] is None
+    assert (k1["left_score"], k1["right_score"]) == (pytest.approx(0.7), pytest.approx(0.475))
+    assert [(a["item"], a["verdict"], a["p_yes"], a["weight"]) for a in k1["left_checklist"]] == [
+        (CHECKLIST["0"]["item"], "yes", 0.9, 3.0), (CHECKLIST["1"]["item"], "no", 0.1, 1.0)]
+    s1 = review_data.load_round(run, 1)[0].to_dicts()[0]
+    assert (s1["judged_by"], s1["left_id"], s1["left_score"], s1["right_score"]) == ("score", "s1/c0", 7.0, 4.0)
 
 
 # ---------------------------------------------------------------- the endpoints and the export

@@ -226,8 +226,11 @@ def test_ray_generate_script_on_a_local_cpu_ray_instance(tmp_path, tiny_model, s
     bad = subprocess.run([sys.executable, "scripts/ray_generate.py", "--workers", "2", "--config",
                           "configs/quickstart.yaml", "generate.tensor_parallel_size=two"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "configs/quickstart.yaml: generate.tensor_parallel_size" in bad.stderr
-    assert "Traceback" not in bad.stderr  # refused before Ray starts, one line naming the file and key
+    # refused before Ray starts, one line naming the override that is wrong (issue 18: not blamed on the
+    # YAML file), the file it was applied to, and the key
+    assert bad.returncode == 2 and ("override generate.tensor_parallel_size=two (applied to configs/quickstart.yaml): "
+                                    "generate.tensor_parallel_size") in bad.stderr
+    assert "Traceback" not in bad.stderr
     cmd = [sys.executable, "scripts/ray_generate.py", "--workers", "2", "--gpus-per-worker", "0", "--address", "local",
            "--config", "configs/quickstart.yaml", f"run_dir={tmp_path}", f"model={tiny_model}", *SMALL]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,

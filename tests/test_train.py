@@ -538,3 +538,16 @@ def test_adapter_and_checkpoints_are_safetensors(round0):
         names = [f.name for f in ckpt.iterdir()]
         assert "adapter_model.safetensors" in names
         assert not {"adapter_model.bin", "pytorch_model.bin"} & set(names)
+
+
+def test_exo_pair_and_mpo_weights_reach_the_trainer_and_train(tmp_path, tiny_model):
+    """exo_pair raised when the trainer was built (TRL refuses label_smoothing 0, which rlaif could not
+    set); now label_smoothing and loss_weights reach DPOTrainer and a combined loss trains (issue 18, item 10)."""
+    write_pairs(tmp_path, 0)
+    cfg = make_cfg(tmp_path, tiny_model, "train.loss_type=exo_pair,sft", "train.label_smoothing=1e-3",
+                   "train.loss_weights=[1.0, 0.5]")
+    trainer, _ = trainer_for(cfg)
+    assert (trainer.loss_types, trainer.loss_weights, trainer.label_smoothing) == (["exo_pair", "sft"], [1.0, 0.5], 1e-3)
+    assert trainer.args.gradient_checkpointing is False  # CPU: the default is off
+    result = trainer.train()
+    assert result.global_step == 2 and math.isfinite(result.training_loss)

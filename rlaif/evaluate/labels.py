@@ -11,10 +11,11 @@ the random left/right order the page showed cannot leak into the label.
 
 Agreement (the figure on the page and in report.md): the share of labelled comparisons where
 the judge's both-order label equals the human's. The judge's label is what the filter reads
-(rlaif/judge/filter.py `compare`): a or b when both orders name the same winner, tie when both
-orders say tie. An order-inconsistent or invalid judge outcome is no label, so it never equals
-the human's: it counts in the denominator as a disagreement. A human tie agrees only with a
-both-order judge tie.
+(rlaif/judge/filter.py `compare`, with the checklist weights the round's filter used: its
+pairs.card.json): a or b when both orders name the same winner, tie when both orders say tie;
+for candidates judged alone (checklist, score), the higher-scored one, tie on equal scores. An
+order-inconsistent or invalid judge outcome is no label, so it never equals the human's: it
+counts in the denominator as a disagreement. A human tie agrees only with a judge tie.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.errors import UserError
-from rlaif.evaluate.review_data import read_judgments
+from rlaif.evaluate.review_data import checklist_config, read_judgments
 from rlaif.io import write_text
 from rlaif.judge.filter import compare
 
@@ -118,17 +119,19 @@ def judge_labels(comparisons: pl.DataFrame) -> pl.DataFrame:
 
 
 @lru_cache(maxsize=64)
-def _round_judge(path: Path, mtime_ns: int) -> dict[tuple[str, str, str], str]:
+def _round_judge(path: Path, mtime_ns: int, weights: tuple) -> dict[tuple[str, str, str], str]:
     j = read_judgments(path)
-    return {(p, a, b): v for p, a, b, v in judge_labels(compare(j)).iter_rows()}
+    return {(p, a, b): v for p, a, b, v in judge_labels(compare(j, dict(weights))).iter_rows()}
 
 
 def judge_lookup(run_dir: Path, k: int) -> dict[tuple[str, str, str], str]:
-    """The judge's label per (prompt_id, a_id, b_id) of round k; cached until judgments.parquet changes."""
+    """The judge's label per (prompt_id, a_id, b_id) of round k, with the weights the round's filter
+    used; cached until judgments.parquet or those weights change."""
     path = Path(run_dir) / f"round-{k}" / "judgments.parquet"
     if not path.exists():
         return {}
-    return _round_judge(path, path.stat().st_mtime_ns)
+    weights = tuple(sorted((i, c["weight"]) for i, c in checklist_config(run_dir, k)[0].items()))
+    return _round_judge(path, path.stat().st_mtime_ns, weights)
 
 
 def agreement(pairs: list[tuple[str, str | None]]) -> dict:
@@ -146,8 +149,9 @@ def run_agreement(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     rows = LabelStore(run_dir / FILENAME).rows() if (run_dir / FILENAME).exists() else []
     by_round: dict[int, list] = {}
+    lookups = {k: judge_lookup(run_dir, k) for k in {r["round"] for r in rows}}  # once per round, not per label
     for r in rows:
-        judge = judge_lookup(run_dir, r["round"]).get((r["prompt_id"], r["a_id"], r["b_id"]))
+        judge = lookups[r["round"]].get((r["prompt_id"], r["a_id"], r["b_id"]))
         by_round.setdefault(r["round"], []).append((r["human"], judge))
     out = agreement([p for ps in by_round.values() for p in ps])
     out["rounds"] = {k: agreement(ps) for k, ps in sorted(by_round.items())}
@@ -169,8 +173,10 @@ def report_lines(run_dir: str | Path) -> list[str]:
         j = r["judge"]
         lines.append(f"| {k} | {r['n']} | {share} | {j['tie']} / {j['inconsistent']} / {j['invalid']} "
                      f"| {r['human']['tie']} |")
-    lines += ["", "Agreement: share of labelled comparisons where the judge's both-order label (a, b or tie) equals "
-              "the person's; an order-inconsistent or invalid judge outcome counts as a disagreement."]
+    lines += ["", "Agreement: share of labelled comparisons where the judge's label (a, b or tie) equals the person's: "
+              "the label the filter used (both orders agreeing, or the higher score when each answer was judged "
+              "alone, checklist items weighed as the filter weighed them); an order-inconsistent or invalid judge "
+              "outcome counts as a disagreement."]
     if a["unmatched"]:
         lines.append(f"{a['unmatched']} label(s) name comparisons the current judgments no longer hold (not counted).")
     return lines

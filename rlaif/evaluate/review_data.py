@@ -8,9 +8,16 @@ config it ran with (pairs.card.json), because the filter stage writes counts, no
 row; the page compares its counts with the card's and shows any difference. length_balance is
 whatever passed every check but is missing from pairs.parquet while balancing was on.
 
+Checklist items are weighed as the filter weighed them: the checklist recorded in pairs.card.json
+(else the run's config), so the page's chosen answer is the one pairs.parquet holds.
+
 Columns: "left" is the chosen response of a kept or labelled pair (else the pair's first id),
-"right" the other; left_first / right_first are the judge's verdicts in the call that showed
-that side first (left, right, tie, invalid), so a position-biased judge is plain to see.
+"right" the other. judged_by says what decided: pairwise (both orders), or checklist, score or
+reward when each candidate was judged alone. left_first / right_first are the judge's verdicts in
+the call that showed that side first (left, right, tie, invalid; null when no pairwise call was
+made), so a position-biased judge is plain to see; left_score / right_score are each side's score
+as the filter ranks it (checklist: the weighted mean of P(yes)), left_checklist / right_checklist
+its answers item by item (item text, verdict, p_yes, weight).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from pydantic import ValidationError
 from rlaif.config import FilterConfig
 from rlaif.errors import UserError
 from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, stable_id
-from rlaif.judge.filter import FILTERS, compare
+from rlaif.judge.filter import FILTERS, checklist_items, compare, scores
 
 C = pl.col
 SORTS = {"prompt": (["prompt_id", "left_id"], False), "margin": (["margin"], True),
@@ -40,6 +47,19 @@ def rounds(run_dir: Path) -> list[int]:
     return sorted(found)
 
 
+def _run_config(run_dir: Path):
+    """(the run's config.yaml or None, where the defaults come from when it is missing or unreadable)."""
+    if not (Path(run_dir) / "config.yaml").exists():
+        return None, "defaults"
+    from rlaif.config import load_config
+
+    try:
+        # reading a run never imports the user's evaluate.checks module (the page and report.md only read)
+        return load_config(Path(run_dir) / "config.yaml", import_checks=False), str(Path(run_dir) / "config.yaml")
+    except UserError as e:  # a config an older or newer rlaif wrote: show the page anyway, and say so
+        return None, f"defaults ({e})"
+
+
 def filter_config(run_dir: Path, k: int) -> tuple[FilterConfig, str]:
     """The filter config that made the round's pairs (its card), else the run's config, else defaults."""
     card = Path(run_dir) / f"round-{k}" / "pairs.card.json"
@@ -47,14 +67,21 @@ def filter_config(run_dir: Path, k: int) -> tuple[FilterConfig, str]:
         return FilterConfig(**json.loads(card.read_text())["config"]), str(card)
     except (OSError, ValueError, KeyError, TypeError, ValidationError):
         pass
-    if (Path(run_dir) / "config.yaml").exists():
-        from rlaif.config import load_config
+    cfg, where = _run_config(run_dir)
+    return (cfg.filter if cfg else FilterConfig()), where
 
-        try:
-            return load_config(Path(run_dir) / "config.yaml").filter, str(Path(run_dir) / "config.yaml")
-        except UserError as e:  # a config an older or newer rlaif wrote: show the page anyway, and say so
-            return FilterConfig(), f"defaults ({e})"
-    return FilterConfig(), "defaults"
+
+def checklist_config(run_dir: Path, k: int) -> tuple[dict[str, dict], str]:
+    """The checklist (item id -> {item, weight}) the round's filter ranked with: the one its
+    pairs.card.json records, else the run's config's, else none (every item weighs 1)."""
+    card = Path(run_dir) / f"round-{k}" / "pairs.card.json"
+    try:
+        got = json.loads(card.read_text())["checklist"]
+        return {str(i): {"item": str(c["item"]), "weight": float(c["weight"])} for i, c in got.items()}, str(card)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    cfg, where = _run_config(run_dir)
+    return (checklist_items(cfg.judge) if cfg else {}), where
 
 
 # What compare() and the page read; the other JUDGMENTS_SCHEMA columns are optional here (null when a
@@ -96,13 +123,30 @@ def _verdicts(j: pl.DataFrame) -> pl.DataFrame:
         .unique(["prompt_id", "lo", "hi", "shown_first"], keep="first", maintain_order=True))
 
 
-def _sides(comp: pl.DataFrame, cands: pl.DataFrame, j: pl.DataFrame) -> pl.DataFrame:
-    """Comparisons with both sides' text, tokens, finish reason, mean score and first-shown verdict."""
+def _answers(j: pl.DataFrame, items: dict[str, dict]) -> pl.DataFrame:
+    """(candidate_id, checklist): each candidate's checklist answers in item order, as a list of
+    (item text, verdict, p_yes, weight); an item the config does not name was generated per prompt."""
+    text = {i: c["item"] for i, c in items.items()}
+    weight = {i: c["weight"] for i, c in items.items()}
+    order = [C("item").str.starts_with("p"), C("item").str.len_chars(), C("item")]  # 0..9, 10.., then p0..
+    return (j.filter(C("kind") == "checklist").sort(order)
+            .group_by(C("a_id").alias("candidate_id"), maintain_order=True).agg(checklist=pl.struct(
+                item=C("item").replace_strict(text, default=pl.concat_str(pl.lit("generated item "), "item")),
+                verdict="verdict", p_yes="score_a",
+                weight=C("item").replace_strict(weight, default=1.0, return_dtype=pl.Float64))))
+
+
+def _sides(comp: pl.DataFrame, cands: pl.DataFrame, j: pl.DataFrame, items: dict[str, dict]) -> pl.DataFrame:
+    """Comparisons with both sides' text, tokens, finish reason, score, checklist answers and first-shown verdict."""
     c = cands.select("candidate_id", "messages", text="response", tokens="num_tokens", finish="finish_reason")
-    scores = (j.filter(C("kind").is_in(["score", "reward"]) & (C("verdict") == "score"))
-              .group_by(C("a_id").alias("candidate_id")).agg(score=C("score_a").mean()))
-    c = c.join(scores, on="candidate_id", how="left")
-    df = comp.rename({"chosen_id": "left_id", "rejected_id": "right_id"})
+    weights = {i: it["weight"] for i, it in items.items()}
+    sc = scores(j, weights).select(C("cid").alias("candidate_id"), "score").unique("candidate_id", keep="first")
+    c = c.join(sc, on="candidate_id", how="left").join(_answers(j, items), on="candidate_id", how="left")
+    single = (j.filter(C("kind").is_in(["score", "reward", "checklist"])).group_by("prompt_id")
+              .agg(single_kind=C("kind").first()))
+    df = comp.rename({"chosen_id": "left_id", "rejected_id": "right_id"}).join(single, on="prompt_id", how="left")
+    df = df.with_columns(judged_by=pl.when(C("source") == "pairwise").then(pl.lit("pairwise"))
+                         .otherwise("single_kind")).drop("single_kind")
     for s in ("left", "right"):
         side = c.rename(lambda n, s=s: f"{s}_{n}" if n != "candidate_id" else f"{s}_id")
         df = df.join(side, on=f"{s}_id", how="left")
@@ -158,8 +202,11 @@ def _load(run_dir: Path, k: int, sig: tuple) -> tuple[pl.DataFrame, dict]:
     j = read_judgments(jpath)
     cands = read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates").unique("candidate_id", keep="first")
     cfg, cfg_from = filter_config(run_dir, k)
-    df = _sides(compare(j), cands, j).with_columns(reason=_reason(cfg), round=pl.lit(k, pl.Int32))
-    meta = {"round": k, "filter_config": cfg.model_dump(), "filter_config_from": cfg_from}
+    items, items_from = checklist_config(run_dir, k)
+    weights = {i: it["weight"] for i, it in items.items()}  # one set of weights: the filter's
+    df = _sides(compare(j, weights), cands, j, items).with_columns(reason=_reason(cfg), round=pl.lit(k, pl.Int32))
+    meta = {"round": k, "filter_config": cfg.model_dump(), "filter_config_from": cfg_from, "weights": weights,
+            "weights_from": items_from}
     if ppath.exists():
         kept = read_parquet_checked(ppath, PAIRS_SCHEMA, "pairs").select(
             "prompt_id", left_id="chosen_id", right_id="rejected_id", is_kept=pl.lit(True))

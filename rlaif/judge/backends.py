@@ -49,7 +49,10 @@ class Call:
 @dataclass
 class Reply:
     text: str | None = None
-    top: dict[str, float] | None = None  # first reply token's top logprobs (or label log-likelihoods)
+    # every reply token in order with {alternative: logprob} (API logprobs), or one position holding
+    # the label a local judge chose with every label's log-likelihood; the stage reads the verdict's
+    # own token (templates.verdict_top), never the first token of a rationale
+    top: list[tuple[str, dict[str, float]]] | None = None
     finish_reason: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0

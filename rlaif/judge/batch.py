@@ -20,13 +20,11 @@ result lines {id, custom_id, response: {status_code, request_id, body}, error}.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import uuid
 
 from rlaif.config import JudgeConfig
-from rlaif.errors import UserError
 from rlaif.judge.backends import Call, Reply
 from rlaif.judge.ledger import Ledger
 
@@ -79,12 +77,8 @@ class BatchJudge:
     def __init__(self, cfg: JudgeConfig, model: str, ledger: Ledger, on_retry=None, **_) -> None:
         import openai
 
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise UserError(f"judge.backend=openai: environment variable {cfg.api_key_env} is not set "
-                            "(judge.api_key_env names it; the key itself never goes in a config)")
         self.cfg, self.model, self.ledger, self.on_retry = cfg, model, ledger, on_retry
-        self.client = openai.OpenAI(api_key=key, base_url=cfg.base_url, max_retries=5,
+        self.client = openai.OpenAI(**cfg.client_args(), max_retries=5,  # the key, or none (api_key_env null)
                                     timeout=max(cfg.timeout_for("chat"), 120))
         self.stats = {"chunks_submitted": 0, "chunks_adopted": 0, "batches_polled": 0, "fallback_live": 0}
 

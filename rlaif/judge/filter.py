@@ -47,6 +47,24 @@ def _scores(judgments: pl.LazyFrame, weights: dict[str, float] | None = None) ->
     return pl.concat([rubric, reward, checklist])
 
 
+def checklist_items(judge) -> dict[str, dict]:
+    """judge.checklist as item id -> {item, weight}: the ids the judge stage writes in judgments' `item`
+    column (rlaif/judge/session.py). The filter records it in pairs.card.json, so every reader of a
+    round (the review page, the human-agreement figures) ranks with the weights the filter used."""
+    return {str(i): {"item": it.item, "weight": it.weight} for i, it in enumerate(judge.items())}
+
+
+def checklist_weights(judge) -> dict[str, float]:
+    """Checklist item id -> weight, the one map `compare` is given everywhere; generated items
+    (judge.checklist_from_prompt, ids p0, p1, ...) are absent and weigh 1."""
+    return {i: c["weight"] for i, c in checklist_items(judge).items()}
+
+
+def scores(judgments: pl.DataFrame, weights: dict[str, float] | None = None) -> pl.DataFrame:
+    """(prompt_id, cid, score, scale): each candidate's score when judged alone, as `compare` ranks them."""
+    return _scores(judgments.lazy(), weights).collect()
+
+
 def _score_margin(hi: pl.Expr, lo: pl.Expr) -> pl.Expr:
     """0..1, as pairwise margins (2p - 1): the score gap over its scale, or for rewards the
     Bradley-Terry probability that the higher-reward response is better, sigmoid(r_hi - r_lo)
@@ -258,14 +276,15 @@ def _why_unfinished(rdir: Path) -> str:
 def run(cfg: RunConfig) -> Path:
     """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
     judgments, candidates = _read(cfg)
-    weights = {str(i): it.weight for i, it in enumerate(cfg.judge.items())}
+    weights = checklist_weights(cfg.judge)
     rdir = cfg.round_dir()
     from rlaif.judge.revise_pairs import read as read_revisions
 
     revisions = read_revisions(rdir, judgments)  # pairs.source revise|both
     pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights, revisions)
     path = write_parquet(rdir / "pairs.parquet", pairs, pairs.schema)
-    write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card})
+    write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card,
+                                          "checklist": checklist_items(cfg.judge)})
     n = max(card["comparisons_in"], 1)
     print(f"filter: {card['comparisons_in']} comparisons -> {card['kept']} pairs -> {path}")
     print(f"  {'removed by':<20}{'count':>10}{'share':>9}")

@@ -3,12 +3,24 @@
 Before any call the ledger is consulted, and a key with a stored reply is never sent again, in
 this run or a rerun. judgments.parquet is derived from it. A call that never got a reply
 (connection errors, exhausted retries) is stored as status 'error' and is retried by a rerun.
+
+Budgets (judge.max_cost_usd, judge.max_calls) cap everything written to one ledger, whichever
+session or process writes it (issue 18): an admission is one IMMEDIATE transaction that reads the
+ledger's committed spend (`totals`, kept by triggers) plus every call in flight (`reservations`,
+one row per admitted call until its result is recorded, in the same transaction) and adds its own.
+SQLite allows one writer at a time, so two admissions never both see the same room. Processes
+sharing a WAL ledger are on one host (WAL needs shared memory: sqlite.org/wal.html, "does not work
+over a network filesystem"), so an owner's process id says whether its reservations are still live.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -36,7 +48,55 @@ CREATE TABLE IF NOT EXISTS batches (
   chunk_id TEXT PRIMARY KEY, status TEXT NOT NULL, keys TEXT NOT NULL, input_file_id TEXT, batch_id TEXT,
   batch_status TEXT, created_at REAL, updated_at REAL
 );
+-- Calls admitted under a budget and not answered yet: owner = one Runner (owner_id()).
+CREATE TABLE IF NOT EXISTS reservations (
+  key TEXT NOT NULL, owner TEXT NOT NULL, cost_usd REAL NOT NULL, PRIMARY KEY (key, owner)
+);
+-- Calls with status 'done' and their dollars, so an admission reads the spend in O(1).
+CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), calls INTEGER NOT NULL, cost_usd REAL NOT NULL);
 """
+# In the database, not in this code: every writer keeps totals right, an older rlaif's included.
+_DONE = "(CASE WHEN {r}.status = 'done' THEN {x} ELSE 0 END)"
+TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS totals_insert AFTER INSERT ON calls WHEN NEW.status = 'done' BEGIN "
+    "UPDATE totals SET calls = calls + 1, cost_usd = cost_usd + COALESCE(NEW.cost_usd, 0) WHERE id = 1; END",
+    "CREATE TRIGGER IF NOT EXISTS totals_update AFTER UPDATE ON calls WHEN NEW.status = 'done' OR OLD.status = 'done' "
+    f"BEGIN UPDATE totals SET calls = calls + {_DONE.format(r='NEW', x=1)} - {_DONE.format(r='OLD', x=1)}, "
+    f"cost_usd = cost_usd + {_DONE.format(r='NEW', x='COALESCE(NEW.cost_usd, 0)')} "
+    f"- {_DONE.format(r='OLD', x='COALESCE(OLD.cost_usd, 0)')} WHERE id = 1; END",
+    "CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON calls WHEN OLD.status = 'done' BEGIN "
+    "UPDATE totals SET calls = calls - 1, cost_usd = cost_usd - COALESCE(OLD.cost_usd, 0) WHERE id = 1; END",
+]
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3 on), or None where /proc has no such process."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def owner_id() -> str:
+    """pid:start:random. The start time (field 22 of /proc/PID/stat) tells a reused pid apart; the
+    random part, two sessions of one process."""
+    stat = _proc_stat(os.getpid())
+    return f"{os.getpid()}:{stat[19] if stat else ''}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_alive(owner: str) -> bool:
+    pid_s, start, _ = (owner.split(":") + ["", ""])[:3]
+    try:
+        pid = int(pid_s)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError, OSError):
+        return True  # not ours to judge (another user's live process, or an unreadable id): keep it
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (macOS): the pid answered
+    return stat[0] != "Z" and (not start or stat[19] == start)  # a zombie or a reused pid is gone
 
 
 def call_key(identity: dict, template_version: str, messages: list[dict], first: str, second: str | None,
@@ -50,9 +110,11 @@ def call_key(identity: dict, template_version: str, messages: list[dict], first:
 
 class Ledger:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path, self.closed_spent = Path(path), None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # a generous busy timeout: other sessions and processes take the write lock for one admission
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.lock = threading.Lock()  # one transaction at a time on this connection
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
         self.db.executescript(SCHEMA)
@@ -60,8 +122,27 @@ class Ledger:
         for col, typ in ADDED.items():
             if col not in have:
                 self.db.execute(f"ALTER TABLE calls ADD COLUMN {col} {typ}")
+        with self._tx():  # totals of an older ledger, and the triggers, atomically with respect to writers
+            self.db.execute("INSERT OR IGNORE INTO totals SELECT 1, COUNT(*), COALESCE(SUM(cost_usd), 0) "
+                            "FROM calls WHERE status='done'")
+            for t in TRIGGERS:
+                self.db.execute(t)
+
+    @contextmanager
+    def _tx(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one at a time on this connection: IMMEDIATE
+        takes the write lock at once, so what an admission reads cannot change before it writes."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
+        self.closed_spent = self.spent()  # what reports and stop messages quote after the session ends
         self.db.close()
 
     def done_keys(self, keys: list[str]) -> set[str]:
@@ -76,11 +157,12 @@ class Ledger:
             rows += self.db.execute(f"{query} AND key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         return rows
 
-    def record(self, row: dict) -> None:
+    def record(self, row: dict, owner: str | None = None) -> None:
         """One finished call, one transaction. 'done' is final; an 'error' row may be replaced later.
 
         Every column is written (null where the row has none), so a call that failed once and
-        succeeded later keeps nothing of the failure: no stale error text beside a verdict."""
+        succeeded later keeps nothing of the failure: no stale error text beside a verdict. owner:
+        the Runner that reserved the call; its reservation ends in the same transaction."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"ledger.record: unknown column(s) {sorted(unknown)}")
@@ -92,12 +174,50 @@ class Ledger:
                f"({','.join('?' * len(cols))}) ON CONFLICT(key) DO UPDATE SET "
                + ",".join(f'"{c}"=excluded."{c}"' for c in cols if c != "key")
                + " WHERE calls.status != 'done'")
-        self.db.execute(sql, [row[c] for c in cols])
+        with self._tx():  # the result and the end of its reservation: one commit, never one without the other
+            self.db.execute(sql, [row[c] for c in cols])
+            if owner is not None:
+                self.db.execute("DELETE FROM reservations WHERE key=? AND owner=?", (row["key"], owner))
 
     def spent(self) -> tuple[int, float]:
-        """(calls with a reply, dollars) over the whole ledger: budgets cover reruns too."""
-        n, cost = self.db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM calls WHERE status='done'").fetchone()
+        """(calls with a reply, dollars) over the whole ledger, whoever wrote them: budgets cover reruns too."""
+        if self.closed_spent is not None:
+            return self.closed_spent
+        n, cost = self.db.execute("SELECT calls, cost_usd FROM totals WHERE id = 1").fetchone()
         return int(n), float(cost)
+
+    def reserve(self, key: str, owner: str, cost: float, max_calls: int | None,
+                max_cost: float | None) -> str | None:
+        """Admit one call under the caps, counting every writer's calls in flight: None when admitted
+        (its reservation is committed), else the cap it would pass: "max_calls" or "max_cost_usd"."""
+        with self._tx():
+            n, spent = self.db.execute("SELECT calls, cost_usd FROM totals WHERE id = 1").fetchone()
+            rn, rcost = self.db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM reservations").fetchone()
+            if max_calls is not None and n + rn >= max_calls:
+                return "max_calls"
+            if max_cost is not None and spent + rcost + cost > max_cost:
+                return "max_cost_usd"
+            self.db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?)", (key, owner, cost))
+        return None
+
+    def in_flight(self) -> tuple[int, float]:
+        """(calls, dollars) reserved and not yet answered, by every session and process."""
+        n, cost = self.db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM reservations").fetchone()
+        return int(n), float(cost)
+
+    def release(self, owner: str) -> None:
+        """Drop an owner's reservations: its calls came back unanswered, or it stopped."""
+        with self._tx():
+            self.db.execute("DELETE FROM reservations WHERE owner=?", (owner,))
+
+    def sweep(self) -> int:
+        """Drop the reservations of processes that are gone (killed before they could release)."""
+        owners = [o for (o,) in self.db.execute("SELECT DISTINCT owner FROM reservations")]
+        dead = [o for o in owners if not owner_alive(o)]
+        with self._tx():
+            for o in dead:
+                self.db.execute("DELETE FROM reservations WHERE owner=?", (o,))
+        return len(dead)
 
     def frame(self, keys: list[str] | None = None) -> pl.DataFrame:
         """Judgments for the given keys (default: all finished calls), in the judgments schema."""
@@ -137,3 +257,4 @@ class Ledger:
 
     def attempts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT key, attempts FROM calls"))
+

@@ -94,5 +94,6 @@ class LocalJudge:
             scores = self._label_scores(batch, prompts)
             dt = (time.monotonic() - t0) / len(batch)
             for call, p, top in zip(batch, prompts, scores):
-                on_reply(call, Reply(text=max(top, key=top.get), top=top, finish_reason="stop",
+                label = max(top, key=top.get)  # the reply is one label: one position, every label its alternative
+                on_reply(call, Reply(text=label, top=[(label, top)], finish_reason="stop",
                                      input_tokens=len(p), output_tokens=1, latency_s=dt))

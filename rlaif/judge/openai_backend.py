@@ -55,7 +55,7 @@ def start_style(cfg: JudgeConfig, model: str) -> str:
 def request_body(style: str, call: Call, cfg: JudgeConfig, model: str) -> dict:
     """The chat-completions body for one call in one style (live calls and Batch API lines alike)."""
     body = {"model": model, "messages": list(call.messages)}
-    if style == "chat":  # temperature 0 and the first token's top logprobs: p_a and expected scores
+    if style == "chat":  # temperature 0 and every reply token's top logprobs: p_a and expected scores
         return {**body, "max_tokens": call.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": 10}
     body["max_completion_tokens"] = cfg.max_completion_tokens  # hidden reasoning + the visible verdict
     if cfg.reasoning_effort:
@@ -92,6 +92,21 @@ def _is_quota(exc) -> bool:
     return "insufficient_quota" in (code, typ)
 
 
+def _os_reason(e) -> str:
+    """Why a connection failed, from the OS error under httpx's ("Connection refused", "Name or
+    service not known"): the errno's text, which holds no URL and no credential."""
+    import socket
+
+    seen, cause = 0, e
+    while cause is not None and seen < 10:
+        if isinstance(cause, socket.gaierror) and cause.strerror:
+            return cause.strerror  # a resolver error: its errno is an EAI_* code, not an os one
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return type(e.__cause__ or e).__name__
+
+
 def _unsupported(e) -> bool:
     """A 400 saying a parameter, or its value, is not supported by this model: every call would get it."""
     return getattr(e, "status_code", None) == 400 and \
@@ -110,10 +125,7 @@ class OpenAIJudge:
     def __init__(self, cfg: JudgeConfig, model: str, ledger=None, on_retry=None, **_) -> None:
         import openai
 
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise UserError(f"judge.backend=openai: environment variable {cfg.api_key_env} is not set "
-                            "(judge.api_key_env names it; the key itself never goes in a config)")
+        key = cfg.api_key()  # api_key_env null: a placeholder, never $OPENAI_API_KEY (issue 18, item 10)
         self.cfg, self.model, self.openai = cfg, model, openai
         self._key = key  # held in memory only; repr-free: never formatted into any message
         self.on_retry = on_retry or (lambda: None)
@@ -188,13 +200,15 @@ class OpenAIJudge:
             # The server may still finish it, and a paid API bills what it finished after we left.
             self.counts["possibly_billed_attempts"] += 1
             raise Retryable(f"timeout after {timeout:g}s") from None
-        except o.APIConnectionError as e:
-            raise Retryable(f"connection error: {type(e).__name__}") from None
+        except o.APIConnectionError as e:  # the host, never its credentials, and what to check
+            raise Retryable(f"cannot connect to {self.where} ({_os_reason(e)}); check judge.base_url "
+                            "and that the server is running and reachable from here") from None
         except o.InternalServerError as e:
             raise Retryable(f"HTTP {e.status_code}", _retry_after(e)) from None
         except o.AuthenticationError:
             raise UserError(f"judge: authentication failed (HTTP 401) at {self.where}; "
-                            f"check the key in ${self.cfg.api_key_env}") from None
+                            + (f"check the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else
+                               "judge.api_key_env is null, so no key was sent; name the variable that holds it")) from None
         except (o.APIResponseValidationError, ValueError) as e:  # 200 with a body that is not JSON
             raise Retryable(f"unreadable reply: {type(e).__name__}") from None
         except o.APIStatusError as e:
@@ -265,7 +279,7 @@ class OpenAIJudge:
 
     async def _run(self, calls, on_reply) -> None:
         # One client per event loop: httpx connection pools must not outlive their loop.
-        self.client = self.openai.AsyncOpenAI(api_key=self._key, base_url=self.cfg.base_url, max_retries=0,
+        self.client = self.openai.AsyncOpenAI(**self.cfg.client_args(), max_retries=0,  # base_url's query split off
                                               timeout=self.cfg.timeout_for(self.style))
         it = iter(calls)
         try:
@@ -305,8 +319,17 @@ def _reply(resp, latency: float, style: str = "chat") -> Reply:
     if not resp.choices:
         return Reply(text=None, finish_reason="empty", **tokens, extra={**extra, "note": "empty choices"})
     ch = resp.choices[0]
-    top = None
     content = getattr(getattr(ch, "logprobs", None), "content", None)
-    if content:
-        top = {t.token: t.logprob for t in (content[0].top_logprobs or [])} or {content[0].token: content[0].logprob}
+    # every reply token with its alternatives: the stage reads the verdict's own position (issue 18)
+    top = [_position(t) for t in content] if content else None
     return Reply(text=ch.message.content, top=top, finish_reason=ch.finish_reason, **tokens, extra=extra)
+
+
+def _position(t) -> tuple[str, dict[str, float]]:
+    """One reply token and {alternative: logprob}. Its text comes from its bytes when the API gives
+    them: a token may hold part of a UTF-8 character (its `token` is then an escape, not the text)."""
+    raw = getattr(t, "bytes", None)
+    tok = bytes(raw).decode("utf-8", "surrogateescape") if raw else t.token
+    alts = {a.token: a.logprob for a in (t.top_logprobs or [])}
+    alts.setdefault(t.token, t.logprob)  # the chosen token, also when top_logprobs was cut short
+    return tok, alts

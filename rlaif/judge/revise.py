@@ -83,10 +83,25 @@ def check(cfg) -> None:
 
 
 def critic_session(js: JudgeSession, cfg) -> JudgeSession:
-    """The judge's own session by default (one budget); revise.critic: its own, on the same ledger."""
+    """The judge's own session by default (one budget); revise.critic: its own, on the same ledger,
+    under the judge's caps as well as its own (the smaller wins): judge.max_cost_usd and
+    judge.max_calls cap everything written to the ledger, the critic's calls included (issue 18)."""
     if cfg.revise.critic is None:
         return js
-    return JudgeSession(cfg.model_copy(update={"judge": cfg.revise.critic}), js.ledger.path)
+    c, j, names = cfg.revise.critic, cfg.judge, {}
+    caps = {}
+    for cap in ("max_calls", "max_cost_usd"):
+        own, judge = getattr(c, cap), getattr(j, cap)
+        if judge is not None and (own is None or judge < own):
+            caps[cap], names[cap] = judge, f"judge.{cap}"
+        else:
+            names[cap] = f"revise.critic.{cap}"
+    if caps.get("max_cost_usd") is not None and c.backend == "openai" and c.model not in c.prices:
+        raise UserError(f"revise.critic.prices: no price for {c.model!r}; judge.max_cost_usd caps the whole "
+                        "ledger, the critic's calls included, so the critic needs a price")
+    session = JudgeSession(cfg.model_copy(update={"judge": c.model_copy(update=caps)}), js.ledger.path)
+    session.runner.cap_names = names
+    return session
 
 
 def critic_spec(critic: JudgeSession, rc) -> T.Spec:
@@ -154,7 +169,8 @@ def _revise(js: JudgeSession, critic: JudgeSession, cfg, rows: list[dict]) -> li
     critic.send(list(rev.values()), "revise: revision")
     got.update(replies(critic, list(rev.values())))
     if critic.runner.stopped and critic is not js:
-        raise BudgetExceeded(f"revise.critic stopped: {critic.runner.stopped}; rerun (with a higher cap) to "
+        raise BudgetExceeded(f"revise.critic stopped: {critic.runner.stopped}: ${critic.runner.cost:.4f} spent over "
+                             f"{critic.runner.calls} paid calls in the ledger; rerun (with a higher cap) to "
                              "continue: finished calls are never paid again")
     confirm = _statuses_and_confirmations(js, cfg, rows, crit, rev, got)
     write_revisions(cfg, rows)

@@ -2,8 +2,11 @@
 
 The Runner owns what every backend shares: a key with a stored reply is never sent again; calls
 are handed to the backend through an iterator that stops when judge.max_calls or
-judge.max_cost_usd would be passed (in-flight calls count at their estimated price); each reply
-becomes a ledger row (`interpret`) in its own transaction as soon as it lands.
+judge.max_cost_usd would be passed; each reply becomes a ledger row (`interpret`) in its own
+transaction as soon as it lands. The caps are ledger-wide: each admission is checked against the
+ledger's spend and every call in flight at that moment, this session's, another session's (a
+separate revise.critic) or another process's, in-flight calls at their estimated price
+(Ledger.reserve, rlaif/judge/ledger.py), never against a total read when the session opened.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call, Reply, load_judge
-from rlaif.judge.ledger import Ledger
+from rlaif.judge.ledger import Ledger, owner_id
 
 
 class Runner:
@@ -31,8 +34,11 @@ class Runner:
         self.price = tuple(p * self.j.batch_discount for p in self.live_price) if self.batch else self.live_price
         if self.j.backend == "openai" and self.j.max_cost_usd is not None and model not in self.j.prices:
             raise UserError(f"judge.prices: no price for {model!r}, so judge.max_cost_usd cannot be enforced")
-        self.calls, self.cost = ledger.spent()
-        self.reserved: dict[str, float] = {}
+        self.owner = owner_id()  # this Runner's reservations in the ledger
+        # how the caps are named in a stop message (revise.critic_session renames an inherited one)
+        self.cap_names = {"max_calls": "judge.max_calls", "max_cost_usd": "judge.max_cost_usd"}
+        if self.capped:
+            ledger.sweep()  # calls in flight of a process that was killed are no longer in flight
         self.backend = None
         self.stopped: str | None = None
         self.last_error: str | None = None
@@ -50,18 +56,32 @@ class Runner:
         out = self.j.max_completion_tokens if style == "reasoning" else call.max_tokens
         return (call.est_input_tokens * self.price[0] + out * self.price[1]) / 1e6
 
+    @property
+    def capped(self) -> bool:
+        return self.j.max_calls is not None or self.j.max_cost_usd is not None
+
+    @property
+    def calls(self) -> int:
+        """Paid calls in the whole ledger, whoever made them (the caps count them all)."""
+        return self.ledger.spent()[0]
+
+    @property
+    def cost(self) -> float:
+        """Dollars spent over the whole ledger, whoever spent them."""
+        return self.ledger.spent()[1]
+
     def admit(self, call: Call) -> bool:
         if self.stopped:
             return False
-        if self.j.max_calls is not None and self.calls + len(self.reserved) >= self.j.max_calls:
-            self.stopped = f"judge.max_calls={self.j.max_calls} reached"
-        elif self.j.max_cost_usd is not None and \
-                self.cost + sum(self.reserved.values()) + self._estimate(call) > self.j.max_cost_usd:
-            self.stopped = f"judge.max_cost_usd={self.j.max_cost_usd:g} reached"
-        else:
-            self.reserved[call.key] = self._estimate(call)
+        if not self.capped:
             return True
-        return False
+        est = self._estimate(call)
+        over = self.ledger.reserve(call.key, self.owner, est, self.j.max_calls, self.j.max_cost_usd)
+        if over and self.ledger.sweep():  # room held by a killed process's calls: try once more
+            over = self.ledger.reserve(call.key, self.owner, est, self.j.max_calls, self.j.max_cost_usd)
+        if over:
+            self.stopped = f"{self.cap_names[over]}={getattr(self.j, over):g} reached"
+        return not over
 
     def _admitted(self, todo: list[Call]):
         """The iterator a backend pulls from: it ends where the budget does."""
@@ -85,6 +105,8 @@ class Runner:
         try:
             self.backend.run(self._admitted(todo), self._on_reply)
         finally:
+            if self.capped:  # calls admitted but never answered (an error, a quota stop) hold no room
+                self.ledger.release(self.owner)
             self.stats["seconds"] += time.monotonic() - t0
             self.bar.close()
 
@@ -92,16 +114,13 @@ class Runner:
         self.stats["retries"] += 1
 
     def _on_reply(self, call: Call, reply: Reply) -> None:
-        self.reserved.pop(call.key, None)
         live = reply.extra.get("live") or not self.batch
         row = interpret(call, reply, self.spec, self.live_price if live else self.price)
         row.update(judge_model=self.model, judge_id=self.judge_id)
         if self.batch:  # which API answered, for the audit: the price differs
             row["request"]["api"] = "live" if live else "batch"
-        self.ledger.record(row)
+        self.ledger.record(row, self.owner if self.capped else None)  # its reservation ends with it
         if row["status"] == "done":
-            self.calls += 1
-            self.cost += row["cost_usd"]
             self.stats["calls_made"] += 1
             self.stats["invalid"] += row["verdict"] == "invalid"
             self.stats["tokens"] += row["input_tokens"] + row["output_tokens"]
@@ -152,13 +171,15 @@ def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]
     done["rationale"] = rationale or None
     if value is None:
         return {**done, "verdict": "invalid", "error": f"unparseable {call.kind} reply"}
+    # probabilities only from the verdict's own token, never the first one of a rationale (issue 18)
+    top = T.verdict_top(call.kind, reply.text, reply.top, spec.explain, graded)
     if call.kind == "score":
-        score = (T.expected_score(reply.top) if reply.top else None) or value
+        score = (T.expected_score(top) if top else None) or value
         return {**done, "verdict": "score", "score_a": score}
     if call.kind == "checklist":
-        p = T.p_yes(reply.top) if reply.top else None
+        p = T.p_yes(top) if top else None
         return {**done, "verdict": value, "score_a": p if p is not None else float(value == "yes")}
-    return {**done, **pairwise_verdict(call, reply, value, graded)}
+    return {**done, **pairwise_verdict(call, top, value, graded)}
 
 
 def text_verdict(reply: Reply) -> dict:
@@ -173,17 +194,18 @@ def text_verdict(reply: Reply) -> dict:
     return {"verdict": "text", "rationale": text}
 
 
-def pairwise_verdict(call: Call, reply: Reply, value: str, graded: bool) -> dict:
-    """Slot verdict -> candidate verdict (+ p_a, grade) from a_id's point of view."""
+def pairwise_verdict(call: Call, top: dict | None, value: str, graded: bool) -> dict:
+    """Slot verdict -> candidate verdict (+ p_a, grade) from a_id's point of view; `top` is the
+    verdict token's alternatives (T.verdict_top)."""
     sign = 1 if call.order == "ab" else -1
     if graded:
-        g = (T.expected_grade(reply.top) if reply.top else None)
+        g = (T.expected_grade(top) if top else None)
         g = float(T.GRADES[value]) if g is None else g
         slot = "A" if T.GRADES[value] > 0 else "B" if T.GRADES[value] < 0 else "tie"
         out = {"grade": sign * g}
     else:
         slot, out = value, {}
-        p_first = T.p_first_slot(reply.top) if reply.top else None
+        p_first = T.p_first_slot(top) if top else None
         out["p_a"] = None if p_first is None else (p_first if sign > 0 else 1 - p_first)
     flip = {"A": "b", "B": "a", "tie": "tie"}
     out["verdict"] = slot.lower() if sign > 0 else flip[slot]

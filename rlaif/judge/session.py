@@ -13,7 +13,6 @@ reply is never paid twice, whichever command asks for it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +21,7 @@ from rlaif.errors import UserError
 from rlaif.io import JUDGMENTS_SCHEMA
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call
+from rlaif.judge.filter import checklist_weights
 from rlaif.judge.identity import judge_id, judge_identity
 from rlaif.judge.ledger import Ledger, call_key
 from rlaif.judge.runner import Runner
@@ -43,9 +43,8 @@ def judge_model_name(cfg) -> str:
 
 def check_api_key(cfg) -> None:
     j = cfg.judge
-    if j.backend == "openai" and not os.environ.get(j.api_key_env):
-        raise UserError(f"judge.backend=openai: environment variable {j.api_key_env} is not set "
-                        "(judge.api_key_env names it; the key itself never goes in a config)")
+    if j.backend == "openai":
+        j.api_key()  # raises naming the variable when it is unset; api_key_env null needs none
 
 
 def same_text(a: str, b: str) -> bool:
@@ -88,8 +87,8 @@ class JudgeSession:
                         max_tokens=0)
         question = item[1] if item else None
         msgs = spec.render(kind, chat, first, second, question)
-        key = call_key(self.identity, spec.version(kind), chat, first, second, order,
-                       question if kind == "checklist" else None)
+        key = call_key(self.identity, spec.version(kind) + T.fence_tag(chat, first, second, question), chat, first,
+                       second, order, question if kind == "checklist" else None)
         if kind == "checklist_writer":
             tokens = max(tokens, 256)
         return Call(key, pid, kind, ids[0], ids[1] if len(ids) > 1 else None, order, tuple(msgs),
@@ -129,13 +128,14 @@ class JudgeSession:
         a free-text reply. Its key: this session's identity (the critic's), the template version (the
         principle is its criteria), the prompt, the original, the critique (revisions) and the reply cap."""
         msgs = spec.render(kind, chat, cand[1], critique)
-        key = call_key(self.identity, spec.version(kind), chat, cand[1], critique, None, f"max_tokens={max_tokens}")
+        key = call_key(self.identity, spec.version(kind) + T.fence_tag(chat, cand[1], critique, item), chat, cand[1],
+                       critique, None, f"max_tokens={max_tokens}")
         return Call(key, pid, kind, cand[0], None, None, tuple(msgs), sum(len(m["content"]) for m in msgs) // 3,
                     (), tuple(chat), None, item, max_tokens, version=spec.version(kind))
 
     def weights(self) -> dict[str, float]:
-        """Checklist item id -> weight; generated items weigh 1."""
-        return {str(i): it.weight for i, it in enumerate(self.j.items())}
+        """Checklist item id -> weight; generated items weigh 1 (the filter's map: rlaif/judge/filter.py)."""
+        return checklist_weights(self.j)
 
     def send(self, calls: list[Call], desc: str) -> None:
         self.runner.execute(calls, desc)

@@ -22,7 +22,10 @@ import yaml
 from rlaif.errors import UserError
 
 HERE = Path(__file__).parent / "templates"
-FENCE = re.compile(r"<<<|>>>")
+# Every run of three or more brackets, whole: `<<<|>>>` broke only a run's first three, so
+# `<<<<<END_DATA id=A>>>>>` kept a literal `<<<END_DATA id=A` (issue 18). Spaced out, a run can
+# never hold `<<<`/`>>>` again; a run of exactly three reads as it always did ("< < <").
+FENCE = re.compile(r"<{3,}|>{3,}")
 SHIPPED = {"pairwise": "pairwise-v2", "score": "score-v2", "checklist": "checklist-v1",
            "checklist_writer": "checklist-writer-v1", "critique": "critique-v1", "revision": "revision-v1"}
 REQUIRED = {"pairwise": ("conversation", "response_a", "response_b"), "score": ("conversation", "response"),
@@ -60,8 +63,20 @@ class Template:
     digest: str  # sha256 of the file it came from
 
 
+LONG_RUN = re.compile(r"<{4,}|>{4,}")
+
+
+def fence_tag(chat, *texts) -> str:
+    """'' for ordinary text; '+fence2' when a fenced text holds a run of 4+ brackets, the only text the
+    issue-18 fence renders differently. Added to such a call's ledger key, a verdict judged under the old,
+    closable fence is never reused, while every other key (and its paid verdict) stays as it was."""
+    every = [m.get("content") or "" for m in chat or ()] + [t or "" for t in texts]
+    return "+fence2" if any(LONG_RUN.search(t) for t in every) else ""
+
+
 def fence(text: str) -> str:
-    """Break fence markers inside data so a candidate cannot close its block and speak as the template."""
+    """Break fence markers inside data so a candidate cannot close its block and speak as the template:
+    every run of 3+ '<' or '>' is spaced out. Text without such a run is unchanged (so are its prompts)."""
     return FENCE.sub(lambda m: " ".join(m.group(0)), text)
 
 
@@ -238,9 +253,23 @@ TAIL = r"\s*\**\s*[.!]?\s*$"
 WORD = {"pairwise": "verdict", "score": "score", "checklist": "answer"}
 
 
-def _final(text: str | None) -> tuple[str | None, str]:
-    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
-    return (lines[-1], "\n".join(lines[:-1]).strip()) if lines else (None, "")
+def _final(text: str | None) -> tuple[str | None, int, str]:
+    """(last non-empty line, its offset in text, the lines before it as the rationale)."""
+    lines, at = [], 0
+    for piece in (text or "").splitlines(keepends=True):
+        if piece.strip():
+            lines.append((piece.splitlines()[0], at))
+        at += len(piece)
+    if not lines:
+        return None, 0, ""
+    return lines[-1][0], lines[-1][1], "\n".join(ln for ln, _ in lines[:-1]).strip()
+
+
+def _match(kind: str, line: str | None, explain: bool, graded: bool):
+    body = {"pairwise": GRADED if graded else PAIR, "score": SCORE, "checklist": YESNO}[kind]
+    prefix = VERDICT_PREFIX.format(word=WORD[kind])
+    pat = prefix + body if explain else f"(?:{prefix})?" + r"\**\s*" + body
+    return re.match(pat + TAIL, line or "", re.IGNORECASE)
 
 
 def parse(kind: str, text: str | None, explain: bool = False, graded: bool = False):
@@ -249,11 +278,8 @@ def parse(kind: str, text: str | None, explain: bool = False, graded: bool = Fal
     pairwise -> "A" | "B" | "tie" (binary) or a GRADES key (graded); score -> 1..9; checklist ->
     "yes" | "no". With explain the line must carry its prefix ("Verdict:", "Score:", "Answer:");
     without, the prefix is optional. "A or B", or a reply that trails off, is invalid."""
-    line, rationale = _final(text)
-    body = {"pairwise": GRADED if graded else PAIR, "score": SCORE, "checklist": YESNO}[kind]
-    prefix = VERDICT_PREFIX.format(word=WORD[kind])
-    pat = prefix + body if explain else f"(?:{prefix})?" + r"\**\s*" + body
-    m = re.match(pat + TAIL, line or "", re.IGNORECASE)
+    line, _, rationale = _final(text)
+    m = _match(kind, line, explain, graded)
     if not m:
         return None, rationale
     v = m.group(1)
@@ -272,8 +298,67 @@ def parse_checklist_items(text: str | None) -> list[str]:
     return [i for i in items if i][:8]
 
 
+def verdict_span(kind: str, text: str | None, explain: bool = False, graded: bool = False) -> tuple[int, int] | None:
+    """Where the parsed verdict stands in the reply: (start, end) character offsets, or None when
+    the reply has no valid verdict. Graded: the whole "[[A>B]]", which is what a label names."""
+    line, at, _ = _final(text)
+    m = _match(kind, line, explain, graded)
+    if not m:
+        return None
+    start, end = m.span(1)
+    if graded:
+        start, end = line.rindex("[[", 0, start), line.index("]]", end) + 2
+    return at + start, at + end
+
+
+def _token_spans(raw: bytes, tokens: list[str]):
+    """Each token's (start, end) byte offsets in the reply, or None where the tokens do not spell it.
+    A token may come without the leading space the text has (SentencePiece-style detokenisers)."""
+    pos, out = 0, []
+    for tok in tokens:
+        b = tok.encode("utf-8", "surrogateescape")
+        if not raw.startswith(b, pos):
+            while pos < len(raw) and raw[pos:pos + 1].isspace():
+                pos += 1
+            b = b.strip()
+            if not b or not raw.startswith(b, pos):
+                return None
+        out.append((pos, pos + len(b)))
+        pos += len(b)
+    return out
+
+
+def verdict_top(kind: str, text: str | None, positions, explain: bool = False,
+                graded: bool = False) -> dict[str, float] | None:
+    """The alternatives {token: logprob} at the reply's verdict token, or None.
+
+    `positions` is Reply.top: every reply token in order with its alternatives (OpenAI chat
+    completions return logprobs for the whole reply: choices[0].logprobs.content[i].top_logprobs;
+    a local judge gives one position, its label, scored against the other labels). With a rationale
+    first, the first token is not the verdict (issue 18: "The response is brief.\nAnswer: Yes" read
+    there gave P(yes) 0.18). Only the one token that holds the whole parsed verdict counts: a verdict
+    spread over several tokens ("[[", "A", ">", "B", "]]"), a token with more in it ("Yes."), or tokens
+    that do not spell the reply give None, never another position's numbers."""
+    span = verdict_span(kind, text, explain, graded) if positions else None
+    if span is None:
+        return None
+    try:  # offsets in bytes: a token may hold part of a character (kept as surrogate escapes)
+        lo = len(text[:span[0]].encode("utf-8", "surrogateescape"))
+        hi = lo + len(text[span[0]:span[1]].encode("utf-8", "surrogateescape"))
+        spans = _token_spans(text.encode("utf-8", "surrogateescape"), [tok for tok, _ in positions])
+    except UnicodeEncodeError:  # a lone surrogate in the text itself: nothing can be aligned
+        return None
+    for (start, end), (tok, alts) in zip(spans or (), positions):
+        if end <= lo:
+            continue
+        whole = start <= lo and end >= hi and tok.strip().lower() == text[span[0]:span[1]].lower()
+        return dict(alts) if whole else None
+    return None
+
+
 def label_probs(top: dict[str, float], labels) -> dict[str, float] | None:
-    """Normalised probabilities of the answer labels among the first token's top logprobs."""
+    """Normalised probabilities of the answer labels among one position's top logprobs (the verdict's:
+    see verdict_top)."""
     mass = {lab: 0.0 for lab in labels}
     for tok, lp in top.items():
         t = tok.strip()

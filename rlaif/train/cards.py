@@ -98,8 +98,8 @@ def model_card(info: dict, manifest: dict, kind: str) -> str:
     """kind: adapter (LoRA on the base model) or merged (base + adapter as one model)."""
     t = manifest.get("train") or {}
     final = manifest.get("final") or {}
-    keep = ("beta", "loss_type", "learning_rate", "max_steps", "num_epochs", "batch_size", "lora_r", "lora_alpha",
-            "lora_target_modules", "reference")
+    keep = ("beta", "loss_type", "label_smoothing", "loss_weights", "learning_rate", "max_steps", "num_epochs",
+            "batch_size", "lora_r", "lora_alpha", "lora_target_modules", "reference")
     meta = {"library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
             "tags": ["rlaif", "dpo", "trl"] + (["lora", "peft"] if kind == "adapter" else []),
             "rlaif": {"run": info["run"], "round": info["round"], "kind": kind,

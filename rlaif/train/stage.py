@@ -120,16 +120,37 @@ def _model(base: str, cfg: RunConfig, cuda: bool):
     return AutoModelForCausalLM.from_pretrained(base, **kwargs)  # never trust_remote_code
 
 
+def gradient_checkpointing(t, cuda: bool) -> bool:
+    """train.gradient_checkpointing, or by default on with CUDA: an 8B model's activations at 2k tokens
+    do not fit one 80 GB GPU without it (configs/gpu-8b.yaml has the estimate); on CPU the small models
+    fit and it costs ~10% per step."""
+    return cuda if t.gradient_checkpointing is None else t.gradient_checkpointing
+
+
+def check_loss_names(t) -> None:
+    """Config load read TRL's loss list from its source; here, with TRL imported, from TRL itself, so a
+    name reaches the first step only if this TRL knows it (config load skips the check without TRL)."""
+    from trl import DPOConfig
+
+    from rlaif.train.losses import loss_problem, losses_in_help
+
+    known = losses_in_help(DPOConfig.__dataclass_fields__["loss_type"].metadata["help"])
+    if (problem := loss_problem(t.loss_type.split(","), known)):
+        raise UserError(f"train.loss_type: {problem}")
+
+
 def dpo_args(cfg: RunConfig, out: Path, cuda: bool):
     from trl import DPOConfig
 
     t = cfg.train
+    check_loss_names(t)
     return DPOConfig(
         output_dir=str(out), per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
         max_steps=t.max_steps, num_train_epochs=t.num_epochs, beta=t.beta, loss_type=t.loss_type.split(","),
+        loss_weights=t.loss_weights, label_smoothing=t.label_smoothing,
         ld_alpha=t.ld_alpha, max_length=t.max_length, precompute_ref_log_probs=t.precompute_ref_log_probs,
-        gradient_checkpointing=t.gradient_checkpointing, bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
+        gradient_checkpointing=gradient_checkpointing(t, cuda), bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=1, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=False,
     )
