@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rlaif.config import FilterConfig  # noqa: E402
 from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA  # noqa: E402
-from rlaif.judge.filter import filter_pairs  # noqa: E402
+from rlaif.judge.pairs.filter import filter_pairs  # noqa: E402
 
 PAIRS = [(0, 1), (2, 3), (0, 2), (1, 3)]  # 4 comparisons per prompt of 4 candidates
 PID = pl.col("p").cast(pl.String).str.zfill(16)  # 16-character ids, like stable_id's

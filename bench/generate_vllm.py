@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from unittest import mock
 
-import generate as bench  # sibling file: shared args, rlaif runner, interleaving and table
+import generate_common as bench  # sibling file: shared args, rlaif runner, interleaving and table
 
 SHARDS = (4, 64)
 

@@ -99,7 +99,7 @@ def main() -> None:
     with FakeJudgeServer(api_key="sk-bench", policy="hash") as srv:
         res = {"throughput": throughput(srv, args.latency, args.concurrency), "ledger_us_per_call": ledger_cost(),
                "calls_per_prompt": calls_per_prompt(srv)}
-    print(f"| concurrency | calls | calls/s | bound (c/latency) | ratio |\n|---|---|---|---|---|")
+    print("| concurrency | calls | calls/s | bound (c/latency) | ratio |\n|---|---|---|---|---|")
     for t in res["throughput"]:
         print(f"| {t['concurrency']} | {t['calls']} | {t['calls_per_s']:.1f} | {t['bound_calls_per_s']:.1f} | {t['ratio']:.2f} |")
     print(f"\nledger: {res['ledger_us_per_call']:.0f} us per recorded call (one SQLite transaction, WAL)\n")

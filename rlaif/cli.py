@@ -50,7 +50,7 @@ EXAMPLES = {
 STAGES = {
     "generate": ("rlaif.generate:run", "sample N candidate responses per prompt (vLLM or transformers)"),
     "judge": ("rlaif.judge.stage:run", "judge candidates into audited preference pairs (ledger, bias audit, filter)"),
-    "filter": ("rlaif.judge.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
+    "filter": ("rlaif.judge.pairs.filter:run", "turn judgments into DPO pairs; every removal named and counted"),
     "train": ("rlaif.train.stage:run", "DPO + LoRA on the round's pairs (TRL DPOTrainer + PEFT); resumes from checkpoints"),
     "evaluate": ("rlaif.evaluate.stage:run", "round K's policy vs the SFT model on held-out prompts: win rate, "
                  "LC win rate, lengths"),
@@ -171,14 +171,14 @@ def _review_parser(sub, fmt) -> None:
 
 def _review(args) -> int:
     if args.export:
-        from rlaif.evaluate.labels import export_gold
+        from rlaif.review.labels import export_gold
 
         n = export_gold(args.run_dir, args.export)
         print(f"rlaif review: {n} label(s) -> {args.export}")
         return 0
     if args.sample < 1 or not 0 <= args.port <= 65535:
         raise UserError("rlaif review: --sample must be at least 1 and --port within 0..65535")
-    from rlaif.evaluate.review import serve
+    from rlaif.review.server import serve
 
     return serve(args.run_dir, args.port, args.sample, args.seed)
 
@@ -246,7 +246,7 @@ def _calibrate(args) -> int:
         raise UserError("rlaif calibrate: give a config and gold=PATH (rlaif calibrate CONFIG gold=PATH); "
                         "see rlaif calibrate --help")
     cfg = load_config(args.config, [f"calibrate.{o}" if o.startswith("gold=") else o for o in args.overrides])
-    from rlaif.judge.calibrate import run
+    from rlaif.judge.trust.calibrate import run
 
     with hold(Path(cfg.run_dir) / "calibration", ".lock-calibrate", "rlaif calibrate"):
         out = run(cfg)
@@ -285,7 +285,8 @@ def _stage(name: str, args) -> int:
     if not args.config and not args.overrides:
         raise UserError(f"rlaif {name}: give a config: rlaif {name} CONFIG [key.sub=value ...] (or --config FILE); "
                         f"see rlaif {name} --help")
-    from rlaif.config import dump_config, load_config, masked_urls, restore_secrets
+    from rlaif.config import dump_config, load_config
+    from rlaif.credentials import masked_urls, restore_secrets
     from rlaif.io import write_text
 
     cfg = restore_secrets(load_config(args.config, args.overrides))  # a stage of `rlaif run`: the real URLs

@@ -191,7 +191,7 @@ class PairsConfig(Strict):
 
 
 class ReviseConfig(Strict):
-    """pairs.source revise|both (rlaif/judge/revise.py): critique and revision under one principle per pair."""
+    """pairs.source revise|both (rlaif/judge/pairs/revise.py): critique and revision under one principle per pair."""
     confirm: bool = Field(True, description="the judge compares revision and original under the same principle "
                                             "(judge.mode pairwise: both orders, the revision must win both; score: "
                                             "each scored, the revision must score higher); the rest are dropped")
@@ -368,7 +368,7 @@ GOLD_FIELDS = ("prompt_id", "messages", "prompt", "response_a", "response_b", "h
 
 
 class CalibrateConfig(Strict):
-    """`rlaif calibrate` (rlaif/judge/calibrate.py): the judge on human-labelled gold pairs."""
+    """`rlaif calibrate` (rlaif/judge/trust/calibrate.py): the judge on human-labelled gold pairs."""
     gold: str | None = Field(None, description="gold pairs: JSONL, parquet, CSV or a saved HF dataset folder "
                                                "(`gold=PATH` on the command line)")
     split: str = Field("train", description="split to use when gold is a saved DatasetDict")
@@ -463,58 +463,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, import_ch
         raise UserError("; ".join(parts)) from None
 
 
-SECRETS_ENV = "RLAIF_RUN_SECRETS"  # rlaif run -> its stages: the URLs config.yaml holds masked
-
-
-def _judges(cfg: RunConfig) -> list[tuple[str, JudgeConfig]]:
-    """The judge sections that send requests to a base_url: judge, and revise.critic when set."""
-    out = [("judge", cfg.judge)]
-    return out + ([("revise.critic", cfg.revise.critic)] if cfg.revise.critic else [])
-
-
-def secret_urls(cfg: RunConfig) -> dict[str, str]:
-    """Each base_url that dump_config masks (credentials in userinfo or the query), by section. `rlaif
-    run` hands them to its stages in their environment, like the API key itself: never in a file
-    (config.yaml, logs) nor on a command line (ps shows it to every user)."""
-    from rlaif.judge.identity import redact_url
-
-    return {name: j.base_url for name, j in _judges(cfg) if j.base_url and redact_url(j.base_url) != j.base_url}
-
-
-def restore_secrets(cfg: RunConfig, env=None) -> RunConfig:
-    """Put the real URLs from $RLAIF_RUN_SECRETS back where config.yaml holds their masked form (only
-    there: a URL the config changed since is left as it is)."""
-    import json
-
-    from rlaif.judge.identity import redact_url
-
-    raw = (os.environ if env is None else env).get(SECRETS_ENV)
-    real = json.loads(raw) if raw else {}
-    for name, j in _judges(cfg):
-        url = real.get(name)
-        if url and j.base_url == redact_url(url):
-            j.base_url = url
-    return cfg
-
-
-def masked_urls(cfg: RunConfig) -> list[str]:
-    """The sections whose base_url still holds credentials masked by dump_config: requests would carry
-    '***' instead of the secret."""
-    from urllib.parse import unquote, urlsplit
-
-    out = []
-    for name, j in _judges(cfg):
-        if j.backend == "openai" and j.base_url:
-            parts = urlsplit(j.base_url)
-            if parts.username == "***" or "=***" in unquote(parts.query):
-                out.append(f"{name}.base_url")
-    return out
-
-
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML. It holds env-var names only, never key values; a judge.base_url
     carrying credentials (user:token@host, ?api-key=...) is saved with them masked."""
-    from rlaif.judge.identity import redact_url
+    from rlaif.credentials import redact_url
 
     data = cfg.model_dump(mode="json")
     data["judge"]["base_url"] = redact_url(data["judge"]["base_url"])

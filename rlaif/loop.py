@@ -22,7 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from rlaif.config import SECRETS_ENV, RunConfig, load_config, secret_urls
+from rlaif.config import RunConfig, load_config
+from rlaif.credentials import SECRETS_ENV, secret_urls
 from rlaif.errors import UserError
 from rlaif.procs import run_child
 from rlaif.train.policy import adapter_dir, policy_base

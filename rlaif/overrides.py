@@ -133,7 +133,7 @@ def _shown(item: str) -> str:
     key, _, value = item.partition("=")
     if "://" not in value:
         return item
-    from rlaif.judge.identity import redact_url
+    from rlaif.credentials import redact_url
 
     return f"{key}={redact_url(value)}"
 

@@ -18,7 +18,7 @@ import polars as pl
 
 from rlaif.config import FilterConfig
 from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, write_json, write_parquet
-from rlaif.judge import filter as flt
+from rlaif.judge.pairs import filter as flt
 
 # prompt -> (verdict ab, verdict ba, (text0, tokens0, finish0), (text1, tokens1, finish1))
 ROUND0 = {

@@ -16,8 +16,8 @@ from conftest import ASSETS, rlaif_cli
 from judges import ScriptedJudge, listy, write_candidates
 from rlaif.config import load_config
 from rlaif.errors import UserError
-from rlaif.judge import calibrate
-from rlaif.judge.gold import read_gold
+from rlaif.judge.trust import calibrate
+from rlaif.judge.trust.gold import read_gold
 from servers import FakeJudgeServer
 
 KEY, ENV = "sk-calibrate-test-5e4d3c2b1a", "RLAIF_CALIBRATE_KEY"
@@ -258,7 +258,7 @@ def test_calibrate_help_ends_with_examples_and_imports_nothing_heavy():
     import sys
 
     code = ("import sys; from rlaif.cli import main\ntry:\n    main(['calibrate', '--help'])\nexcept SystemExit:\n"
-            "    pass\nimport rlaif.judge.calibrate\n"
+            "    pass\nimport rlaif.judge.trust.calibrate\n"
             "print(sorted(m for m in ['torch', 'transformers', 'trl', 'peft', 'datasets'] if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "rlaif calibrate --config" in out[out.rindex("examples:"):] and out.strip().splitlines()[-1] == "[]"
@@ -275,7 +275,7 @@ def test_gold_dataset_dict_without_the_split_names_calibrate_split(tmp_path):
 
 
 def test_a_review_page_export_loads_as_gold(tmp_path):
-    from rlaif.evaluate.labels import LabelStore, export_gold
+    from rlaif.review.labels import LabelStore, export_gold
 
     store = LabelStore(tmp_path / "human-labels.sqlite")
     for i, h in enumerate(["a", "tie"]):  # two comparisons of one prompt: its prompt_id repeats in the export

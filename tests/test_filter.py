@@ -10,7 +10,8 @@ import pytest
 from rlaif.config import FilterConfig, RunConfig
 from rlaif.errors import UserError
 from rlaif.io import write_json, CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, write_parquet
-from rlaif.judge import filter as flt
+from rlaif.judge.pairs import compare as cmp
+from rlaif.judge.pairs import filter as flt
 
 NO_LIMITS = FilterConfig(drop_length_truncated=False, max_length_ratio=None)
 
@@ -51,7 +52,7 @@ def cands_for(j: pl.DataFrame, tokens: int = 10) -> pl.DataFrame:
 
 
 def one(rows: list[dict]) -> dict:
-    out = flt.compare(judgments(rows))
+    out = cmp.compare(judgments(rows))
     assert len(out) == 1, out
     return out.row(0, named=True)
 
@@ -103,7 +104,7 @@ def test_margin_from_scores_when_p_a_missing_on_a_row():
 
 
 def test_score_only_prompts():
-    out = flt.compare(judgments([
+    out = cmp.compare(judgments([
         score("s", "s/a", 4.0), score("s", "s/b", 9.0), score("s", "s/c", 1.0), score("s", "s/d", 9.0),
         score("t", "t/a", 5.0), score("t", "t/b", 5.0),
         score("u", "u/a", 5.0), score("u", "u/b", None, "invalid"),
@@ -119,7 +120,7 @@ def test_score_only_prompts():
 
 
 def test_empty_judgments():
-    out = flt.compare(judgments([]))
+    out = cmp.compare(judgments([]))
     assert len(out) == 0
     assert {"prompt_id", "chosen_id", "rejected_id", "outcome", "consistent", "margin"} <= set(out.columns)
 
@@ -302,7 +303,8 @@ def test_run_records_the_checklist_it_ranked_with_and_readers_use_it(tmp_path):
     the weights the filter used. With items weighed 3:1, k1/c0 wins; unweighted, k1/c1 would."""
     from review_run import CHECKLIST, CHECKLIST_ROUND, single_frames
     from rlaif.config import dump_config
-    from rlaif.evaluate import labels, review_data
+    from rlaif.review import data as review_data
+    from rlaif.review import labels
 
     items = [{"item": c["item"], "weight": c["weight"]} for c in CHECKLIST.values()]
     cfg = RunConfig(run_dir=str(tmp_path / "run"), round=0, prompts="unused.jsonl",
@@ -316,7 +318,7 @@ def test_run_records_the_checklist_it_ranked_with_and_readers_use_it(tmp_path):
     assert dict(zip(pairs["prompt_id"], pairs["chosen_id"])) == {"k1": "k1/c0", "k2": "k2/c0"}
     card = json.loads((rdir / "pairs.card.json").read_text())
     assert card["checklist"] == CHECKLIST
-    assert flt.checklist_weights(cfg.judge) == {"0": 3.0, "1": 1.0}
+    assert cmp.checklist_weights(cfg.judge) == {"0": 3.0, "1": 1.0}
     # the readers: from the card, and from the run's config when a card predates the record
     (tmp_path / "run" / "config.yaml").write_text(dump_config(cfg))
     for drop in (False, True):

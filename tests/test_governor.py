@@ -1,4 +1,4 @@
-"""The rate governor (rlaif/judge/governor.py): the sliding-window bound on requests and tokens,
+"""The rate governor (rlaif/judge/backends/governor.py): the sliding-window bound on requests and tokens,
 adaptation on 429s, zero cost without limits, and end to end through the judge stage against the
 fake server, counting what the server received. Periods are scaled down to seconds."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rlaif.judge import stage
-from rlaif.judge.governor import CUT, FLOOR, RECOVER, SEND_BOUND, RateGovernor
+from rlaif.judge.backends.governor import CUT, FLOOR, RECOVER, SEND_BOUND, RateGovernor
 from servers import FakeJudgeServer, max_in_window
 from test_judge_openai import ENV, KEY, config, ledger_rows, report, standard, write_candidates
 

@@ -20,8 +20,8 @@ from rlaif.errors import JudgeUnreliable, UserError
 from rlaif.io import CANDIDATES_SCHEMA, write_json, write_parquet
 from rlaif.judge import stage
 from rlaif.judge.backends import Call
-from rlaif.judge.batch import request_line
-from rlaif.judge.openai_backend import OpenAIJudge, is_reasoning_model
+from rlaif.judge.backends.openai_batch import request_line
+from rlaif.judge.backends.openai_chat import OpenAIJudge, is_reasoning_model
 from servers import FakeJudgeServer, body_key
 
 KEY = "sk-rlaif-reasoning-test-2b8e4f6a0c1d3e5f"  # distinctive: grepped for in every message

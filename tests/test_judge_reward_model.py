@@ -203,7 +203,7 @@ def test_the_judge_stage_ranks_by_reward_and_reruns_from_the_ledger(tmp_path, ti
     for p in pairs.iter_rows(named=True):
         hi, lo = max(by_prompt[p["prompt_id"]]), min(by_prompt[p["prompt_id"]])
         assert (reward[p["chosen_id"]], reward[p["rejected_id"]]) == (hi, lo)
-        assert p["margin"] == pytest.approx(math.tanh((hi - lo) / 2))  # 2 sigmoid(d) - 1, judge/filter.py
+        assert p["margin"] == pytest.approx(math.tanh((hi - lo) / 2))  # 2 sigmoid(d) - 1, judge/pairs/compare.py
 
     again = rlaif_cli("judge", "--config", "configs/quickstart.yaml", *overrides)
     assert again.returncode == 0, again.stderr[-2000:]

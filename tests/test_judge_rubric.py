@@ -249,14 +249,15 @@ def test_a_judge_whose_every_verdict_is_invalid_fails_the_round(api, tmp_path):
     rdir = tmp_path / "round-0"
     assert not (rdir / "judge.manifest.json").exists() and not (rdir / "pairs.card.json").exists()
     with pytest.raises(UserError, match="the judge has not finished"):
-        from rlaif.judge import filter as flt
+        from rlaif.judge.pairs import filter as flt
 
         flt.run(cfg)
 
 
 def test_credentials_in_base_url_never_reach_errors_or_the_saved_config(tmp_path, monkeypatch):
     from rlaif.config import dump_config
-    from rlaif.judge.identity import endpoint, redact_url
+    from rlaif.credentials import redact_url
+    from rlaif.judge.identity import endpoint
 
     url = "https://alice:s3cr3t-tok@judge.example.com:8443/v1?api-key=k3y-in-query&region=eu"
     red = redact_url(url)

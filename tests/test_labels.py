@@ -1,4 +1,4 @@
-"""The label store (rlaif/evaluate/labels.py): a kill -9 mid-labelling loses no confirmed label, the
+"""The label store (rlaif/review/labels.py): a kill -9 mid-labelling loses no confirmed label, the
 agreement's definition, the report section and the gold export."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 from conftest import ROOT
 from review_run import build_checklist_run, build_run
 from rlaif.errors import UserError
-from rlaif.evaluate import labels as L
-from rlaif.evaluate import review_data
+from rlaif.review import labels as L
+from rlaif.review import data as review_data
 from rlaif.evaluate.report import write_report
 
 
@@ -31,7 +31,7 @@ def item(i: int) -> dict:
 
 LABELLER = textwrap.dedent("""
     import sys
-    from rlaif.evaluate.labels import HUMAN, LabelStore
+    from rlaif.review.labels import HUMAN, LabelStore
     exec(sys.argv[2])  # item(), as defined in this test file
     store = LabelStore(sys.argv[1])
     for i in range(100000):

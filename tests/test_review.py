@@ -20,8 +20,8 @@ import pytest
 
 from conftest import ROOT, rlaif_cli
 from review_run import CHECKLIST, ROUND0, build_checklist_run, build_run
-from rlaif.evaluate import review_data
-from rlaif.evaluate.labels import GOLD_COLUMNS, LabelStore, run_agreement
+from rlaif.review import data as review_data
+from rlaif.review.labels import GOLD_COLUMNS, LabelStore, run_agreement
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -316,6 +316,6 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_page_has_no_outside_assets():
-    page = (ROOT / "rlaif" / "evaluate" / "review_page.html").read_text()
+    page = (ROOT / "rlaif" / "review" / "page.html").read_text()
     for bad in ("http://", "https://", "src=", ".innerHTML"):  # offline machines; model text is untrusted
         assert bad not in page, bad

@@ -1,4 +1,4 @@
-"""Constitutional AI pairs (pairs.source revise|both, rlaif/judge/revise.py and revise_pairs.py).
+"""Constitutional AI pairs (pairs.source revise|both, rlaif/judge/pairs/revise.py and revise_pairs.py).
 
 Transport (ledger reuse, kill -9, confirmation verdicts) runs against the fake OpenAI server process,
 which writes critiques and revisions deterministically (tests/fake_openai_server.py revise_text);

@@ -13,7 +13,8 @@ import yaml
 
 from conftest import ROOT, rlaif_cli
 from judges import write_candidates
-from rlaif.config import SECRETS_ENV, dump_config, load_config, secret_urls
+from rlaif.config import dump_config, load_config
+from rlaif.credentials import SECRETS_ENV, secret_urls
 from servers import FakeJudgeServer
 
 KEY, ENV = "sk-run-secrets-3c1d5e7f9a0b", "RLAIF_RUN_SECRETS_KEY"

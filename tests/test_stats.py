@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from rlaif.evaluate.metrics import lc_summary, lc_win_rate
-from rlaif.judge.report import length_stats
+from rlaif.judge.trust.audit import length_stats
 from rlaif.stats import (LENGTH_L2, MIN_DECISIVE, length_feature, length_fit_status, logistic_fit,
                          logistic_fit_batch)
 

@@ -1,3 +1,13 @@
-"""evaluate: round K's policy vs the SFT model on held-out prompts (stage.py), the metrics
-(metrics.py: win rate, bootstrap interval, length-controlled win rate, length-hacking rule) and
-the run report (report.py: RUN_DIR/report.md with PNG plots)."""
+"""evaluate: round K's policy vs the SFT model on held-out prompts, judged like the training pairs.
+
+    rlaif evaluate --config configs/quickstart.yaml
+    rlaif report RUN_DIR
+
+    stage.py         the stage: sample both models, judge both orders, write round-K/eval/eval.json
+    metrics.py       win rate with a bootstrap interval, the length-controlled win rate, length hacking
+    lc_anchor.py     the LC win rate anchored on two samples of the same model (the judge's length slope)
+    checks.py        the user's own checks (rules, functions), measured without the judge
+    curves.py        training curves from the trainer's logs
+    pair_sources.py  pairs per source (rank, revise) for the report
+    report.py        RUN_DIR/report.md with PNG plots
+"""

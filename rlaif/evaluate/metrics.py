@@ -144,7 +144,7 @@ def lc_summary(y, len_policy, len_sft, groups, n_boot: int = 2000, seed: int = 0
 def position_consistency(judgments: pl.DataFrame) -> float | None:
     """Share of pairs judged validly in both orders whose two verdicts agree (tie/tie agrees).
 
-    A local copy of rlaif.judge.report.position_stats's definition, so evaluation does not lean on
+    A local copy of rlaif.judge.trust.audit.position_stats's definition, so evaluation does not lean on
     another stage's report module; the two must stay the same definition."""
     pw = judgments.filter(C("kind") == "pairwise") if "kind" in judgments.columns else judgments
     both = (pw.filter(C("verdict").is_in(["a", "b", "tie"]))
@@ -197,7 +197,7 @@ def single_scores(judgments: pl.DataFrame, weights: Mapping[str, float] | None =
     """(a_id, score_a): each answer's score when judged alone. A rubric score or a reward is its
     valid verdict's value; a checklist's is the weighted mean of P(yes) over its items (weights by
     item id, default 1), and none if any item's answer is invalid: an answer is never ranked on
-    part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/filter.py)."""
+    part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/pairs/filter.py)."""
     plain = (judgments.filter(C("kind").is_in(["score", "reward"]) & (C("verdict") == "score")
                               & C("score_a").is_not_null())
              .group_by("a_id").agg(C("score_a").first()))

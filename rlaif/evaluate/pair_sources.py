@@ -1,5 +1,5 @@
 """report.md's "Pair sources" section, for rounds whose pairs came from revise or both
-(pairs.source; rlaif/judge/revise.py): per round the pairs each source gave, how many revisions the
+(pairs.source; rlaif/judge/pairs/revise.py): per round the pairs each source gave, how many revisions the
 judge confirmed, what a kept pair cost in calls and tokens per source, and a few (original ->
 revision) examples with their principle. Reads pairs.card.json and pairs.parquet only; a missing or
 unreadable value is a "-" cell, as everywhere in the report."""

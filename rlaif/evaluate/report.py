@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from rlaif.evaluate import checks, curves
-from rlaif.evaluate.labels import report_lines as human_label_lines
+from rlaif.review.labels import report_lines as human_label_lines
 from rlaif.evaluate.metrics import length_hacking
 from rlaif.evaluate.pair_sources import lines as pair_source_lines
 from rlaif.io import atomic_write, write_text
@@ -294,7 +294,7 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     lines += judge_lines(rounds)
     lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
     lines += pair_source_lines(rounds)  # only when a round's pairs came from revise (pairs.source)
-    from rlaif.judge.calibrate import report_lines as calibration_lines
+    from rlaif.judge.trust.calibrate import report_lines as calibration_lines
 
     lines += calibration_lines(run_dir)  # only when RUN_DIR/calibration/calibration.json exists (rlaif calibrate)
     plots = _plots(run_dir, rounds)

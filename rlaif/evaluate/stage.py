@@ -30,9 +30,9 @@ from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
 from rlaif.evaluate import lc_anchor as LA
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
-from rlaif.judge.filter import checklist_weights
+from rlaif.judge.pairs.compare import checklist_weights
 from rlaif.judge.session import JudgeSession, judge_model_name, same_text
-from rlaif.judge.plan import read_candidates
+from rlaif.judge.candidates import read_candidates
 from rlaif.train.policy import adapter_dir, policy_base
 
 EVAL_JSON = Path("eval") / "eval.json"
@@ -123,7 +123,7 @@ def length_anchor(cfg: RunConfig) -> tuple[pl.DataFrame | None, str, str | None]
     """(matchups, source, why none): two complete answers of the model that wrote round K's
     candidates, for up to evaluate.length_anchor_prompts training prompts, judged as evaluate judges
     (rlaif/evaluate/lc_anchor.py says why). A judge stage that made the same call made it free."""
-    from rlaif.judge.inputs import split_inputs
+    from rlaif.judge.candidates import split_inputs
 
     k, n = cfg.round, cfg.evaluate.length_anchor_prompts
     try:

@@ -12,32 +12,11 @@ The template version (rubric, principles, template file, answer format) is keyed
 """
 from __future__ import annotations
 
-import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from rlaif.io import stable_id
 
 OPENAI_DEFAULT = "https://api.openai.com/v1"
-# Query parameters that carry credentials in the wild (Azure's api-key, key=, token=, sig=, ...).
-SECRET_PARAM = re.compile(r"(key|token|secret|sig|signature|password|auth|credential)", re.IGNORECASE)
-
-
-def redact_url(url: str | None) -> str | None:
-    """The URL without userinfo and without credential-like query values: safe to print or save."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    netloc = (("***@" if parts.username or parts.password else "") + host
-              + (f":{parts.port}" if parts.port else "")) if parts.netloc else parts.netloc
-    query = urlencode([(k, "***" if SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query,
-                                                                                           keep_blank_values=True)])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def endpoint(base_url: str | None) -> str:
     """The endpoint as identity: scheme, host, port and path, never credentials; trailing / dropped."""
     parts = urlsplit(base_url or OPENAI_DEFAULT)

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS calls (
   input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, latency_s REAL, error TEXT, raw TEXT,
   attempts INTEGER, request TEXT, created_at REAL
 );
--- Batch API submissions (rlaif.judge.batch), recorded before each remote step so a rerun after a
+-- Batch API submissions (rlaif.judge.backends.openai_batch), recorded before each remote step so a rerun after a
 -- crash resumes the same chunk instead of submitting its keys again.
 -- status: planned (keys fixed) -> uploaded (input_file_id) -> submitted (batch_id) -> done (folded)
 CREATE TABLE IF NOT EXISTS batches (

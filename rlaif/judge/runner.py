@@ -50,7 +50,7 @@ class Runner:
         # after a switch); a reasoning reply may use all of max_completion_tokens
         style = getattr(self.backend, "style", None) or self.j.api_style
         if style == "auto" and self.j.backend == "openai":
-            from rlaif.judge.openai_backend import start_style
+            from rlaif.judge.backends.openai_chat import start_style
 
             style = start_style(self.j, self.model)
         out = self.j.max_completion_tokens if style == "reasoning" else call.max_tokens
@@ -183,7 +183,7 @@ def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]
 
 
 def text_verdict(reply: Reply) -> dict:
-    """A critique or revision (rlaif/judge/revise.py): verdict "text" with the text in `rationale`
+    """A critique or revision (rlaif/judge/pairs/revise.py): verdict "text" with the text in `rationale`
     (stripped; `raw` keeps the reply as received), "cut_off" when the reply hit its cap (the text is
     kept: the stage decides what a cut-off text is worth), "invalid" when there is no text."""
     text = (reply.text or "").strip()

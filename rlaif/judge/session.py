@@ -21,7 +21,6 @@ from rlaif.errors import UserError
 from rlaif.io import JUDGMENTS_SCHEMA
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call
-from rlaif.judge.filter import checklist_weights
 from rlaif.judge.identity import judge_id, judge_identity
 from rlaif.judge.ledger import Ledger, call_key
 from rlaif.judge.runner import Runner
@@ -79,7 +78,7 @@ class JudgeSession:
 
     def _call(self, kind: str, pid: str, chat, first: str, second: str | None, ids: tuple, order=None,
               item: tuple | None = None, spec: T.Spec | None = None) -> Call:
-        spec = spec or self.spec  # another spec: a principle's, for confirming a revision (rlaif/judge/revise.py)
+        spec = spec or self.spec  # another spec: a principle's, for confirming a revision (rlaif/judge/pairs/revise.py)
         tokens = self.j.reply_tokens()
         if kind == "reward":
             key = call_key(self.identity, "reward", chat, first, None, None)
@@ -124,7 +123,7 @@ class JudgeSession:
 
     def text_call(self, kind: str, pid: str, chat, cand: tuple, spec: T.Spec, item: str, max_tokens: int,
                   critique: str | None = None) -> Call:
-        """A critique or revision of cand = (candidate_id, text) under spec (a principle's, rlaif/judge/revise.py):
+        """A critique or revision of cand = (candidate_id, text) under spec (a principle's, rlaif/judge/pairs/revise.py):
         a free-text reply. Its key: this session's identity (the critic's), the template version (the
         principle is its criteria), the prompt, the original, the critique (revisions) and the reply cap."""
         msgs = spec.render(kind, chat, cand[1], critique)
@@ -132,10 +131,6 @@ class JudgeSession:
                        critique, None, f"max_tokens={max_tokens}")
         return Call(key, pid, kind, cand[0], None, None, tuple(msgs), sum(len(m["content"]) for m in msgs) // 3,
                     (), tuple(chat), None, item, max_tokens, version=spec.version(kind))
-
-    def weights(self) -> dict[str, float]:
-        """Checklist item id -> weight; generated items weigh 1 (the filter's map: rlaif/judge/filter.py)."""
-        return checklist_weights(self.j)
 
     def send(self, calls: list[Call], desc: str) -> None:
         self.runner.execute(calls, desc)

@@ -17,19 +17,19 @@ import polars as pl
 from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable
 from rlaif.io import JUDGMENTS_SCHEMA, write_json, write_parquet
-from rlaif.judge.inputs import split_inputs
-from rlaif.judge.plan import plan_pairs, read_candidates  # noqa: F401 (read_candidates: public here too)
-from rlaif.judge.report import build_report, print_report
+from rlaif.judge.candidates import read_candidates, split_inputs
+from rlaif.judge.pairs.rank import rank_round
+from rlaif.judge.trust.audit import build_report, print_report
 from rlaif.judge.session import JudgeSession
 
 MANIFEST = "judge.manifest.json"
 
 
 def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
-    """This round's calls for pairs.source: ranking, revising (rlaif/judge/revise.py) or both."""
+    """This round's calls for pairs.source: ranking (pairs/rank.py), revising (pairs/revise.py) or both."""
     revise = None
     if cfg.pairs.source != "rank":
-        from rlaif.judge import revise
+        from rlaif.judge.pairs import revise
 
         revise.check(cfg)  # a bad setting is one line, before any call
     plan, identical = rank_round(js, cfg, accepted) if cfg.pairs.source != "revise" else ([], 0)
@@ -38,30 +38,8 @@ def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tup
     return plan, identical
 
 
-def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
-    """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical)."""
-    j = cfg.judge
-    chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
-    plan, scores, identical = [], None, 0
-    single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
-    if single:
-        items = js.checklists(chats) if js.score_kind == "checklist" else {}
-        calls = [c for r in accepted.iter_rows(named=True)
-                 for c in js.single(r["prompt_id"], chats[r["prompt_id"]], (r["candidate_id"], r["response"]),
-                                    items.get(r["prompt_id"]))]
-        js.send(calls, f"judge: {js.score_kind}")
-        plan += calls
-        scores = js.results(calls) if js.score_kind == "score" else None
-    if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
-        comps, identical = plan_pairs(cfg, accepted, scores)
-        pw = [c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b)]
-        js.send(pw, "judge: pairwise")
-        plan += pw
-    return plan, identical
-
-
 def run(cfg: RunConfig) -> Path:
-    from rlaif.judge.calibrate import check_min_agreement  # judge.min_agreement: refuse before any work
+    from rlaif.judge.trust.calibrate import check_min_agreement  # judge.min_agreement: refuse before any work
     check_min_agreement(cfg)
     j, rdir, t0 = cfg.judge, cfg.round_dir(), time.perf_counter()
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
@@ -85,7 +63,7 @@ def run(cfg: RunConfig) -> Path:
                                  "judge_model": js.model, "calls": report["calls"], "pending_calls": 0,
                                  "judgments": judgments.height, "rubric": report["rubric"],
                                  "wall_s": round(time.perf_counter() - t0, 3)})
-    from rlaif.judge.filter import run as run_filter
+    from rlaif.judge.pairs.filter import run as run_filter
 
     return run_filter(cfg)
 

@@ -31,7 +31,7 @@ SHIPPED = {"pairwise": "pairwise-v2", "score": "score-v2", "checklist": "checkli
 REQUIRED = {"pairwise": ("conversation", "response_a", "response_b"), "score": ("conversation", "response"),
             "checklist": ("conversation", "response", "question"), "checklist_writer": ("conversation",),
             "critique": ("conversation", "response"), "revision": ("conversation", "response", "critique")}
-# Kinds whose reply is free text used as written (rlaif/judge/revise.py): no verdict to parse.
+# Kinds whose reply is free text used as written (rlaif/judge/pairs/revise.py): no verdict to parse.
 TEXT_KINDS = ("critique", "revision")
 DEFAULT_CRITERIA = "Judge helpfulness, correctness, and clarity."
 # Arena-Hard-Auto's five-way scale (Li et al. 2024, "From Crowdsourced Data to High-Quality

@@ -1,0 +1,61 @@
+"""Ranking, the first pair source (pairs.source rank|both): the judge scores or compares the round's
+candidates, and the filter (filter.py) turns its verdicts into pairs.
+
+`rank_round` sends this round's calls, single-candidate first (rubric score, checklist, reward),
+then pairwise; `plan_pairs` chooses the (prompt, a, b) comparisons a strategy makes (all_pairs, or
+best_vs_worst by score); calibrate's cost projection plans with it too, so both plan the same calls.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import polars as pl
+
+from rlaif.config import RunConfig
+from rlaif.judge.session import JudgeSession, same_text
+
+
+def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
+    """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical)."""
+    j = cfg.judge
+    chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
+    plan, scores, identical = [], None, 0
+    single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
+    if single:
+        items = js.checklists(chats) if js.score_kind == "checklist" else {}
+        calls = [c for r in accepted.iter_rows(named=True)
+                 for c in js.single(r["prompt_id"], chats[r["prompt_id"]], (r["candidate_id"], r["response"]),
+                                    items.get(r["prompt_id"]))]
+        js.send(calls, f"judge: {js.score_kind}")
+        plan += calls
+        scores = js.results(calls) if js.score_kind == "score" else None
+    if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
+        comps, identical = plan_pairs(cfg, accepted, scores)
+        pw = [c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b)]
+        js.send(pw, "judge: pairwise")
+        plan += pw
+    return plan, identical
+
+
+def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | None) -> tuple[list, int]:
+    """(prompt_id, a, b) comparisons; identical texts are never sent (counted instead)."""
+    out, identical = [], 0
+    best = {}
+    if scores is not None:
+        valid = scores.filter(pl.col("verdict") == "score").sort(["score_a", "a_id"], descending=[True, False])
+        for pid, grp in valid.group_by("prompt_id", maintain_order=True):
+            ids = grp["a_id"].to_list()
+            if len(ids) >= 2:
+                best[pid[0]] = (ids[0], ids[-1])
+    for pid, grp in accepted.sort("candidate_id").group_by("prompt_id", maintain_order=True):
+        texts = dict(zip(grp["candidate_id"], grp["response"]))
+        if cfg.judge.strategy == "all_pairs" or scores is None:
+            pairs = list(combinations(sorted(texts), 2))
+        else:
+            pairs = [best[pid[0]]] if pid[0] in best else []
+        for a, b in pairs:
+            if same_text(texts[a], texts[b]):
+                identical += 1
+            else:
+                out.append((pid[0], (a, texts[a]), (b, texts[b])))
+    return out, identical

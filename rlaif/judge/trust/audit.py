@@ -1,0 +1,145 @@
+"""The bias audit: how far the judge's verdicts can be trusted, written to judge-report.json."""
+from __future__ import annotations
+
+import polars as pl
+
+from rlaif.judge.pairs.compare import checklist_weights, compare
+from rlaif.judge.templates import TEXT_KINDS
+from rlaif.stats import length_feature, length_fit_status, logistic_fit
+
+
+def _rate(mask: pl.Series) -> float | None:
+    return float(mask.mean()) if len(mask) else None
+
+
+def position_stats(pw: pl.DataFrame) -> dict:
+    both = (pw.filter(pl.col("verdict") != "invalid").group_by("prompt_id", "a_id", "b_id")
+            .agg(pl.col("verdict").n_unique().alias("distinct"), pl.len().alias("n")).filter(pl.col("n") == 2))
+    decisive = pw.filter(pl.col("verdict").is_in(["a", "b"]))
+    first_won = ((pl.col("order") == "ab") & (pl.col("verdict") == "a")) | ((pl.col("order") == "ba") & (pl.col("verdict") == "b"))
+    return {"position_consistency": _rate(both["distinct"] == 1), "comparisons_both_orders_valid": both.height,
+            "first_slot_win_rate": _rate(decisive.select(first_won).to_series())}
+
+
+def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
+    tokens = cands.select("candidate_id", "num_tokens")
+    d = (pw.filter(pl.col("verdict").is_in(["a", "b"]))
+         .join(tokens.rename({"candidate_id": "a_id", "num_tokens": "len_a"}), on="a_id")
+         .join(tokens.rename({"candidate_id": "b_id", "num_tokens": "len_b"}), on="b_id"))
+    unequal = d.filter(pl.col("len_a") != pl.col("len_b"))
+    longer_won = (pl.col("len_a") > pl.col("len_b")) == (pl.col("verdict") == "a")
+    # The same penalised fit and the same refusals as evaluation's LC (rlaif.stats): slot a's win on
+    # tanh(standardised len_a - len_b); None, with the reason, on too few calls or lopsided lengths.
+    diff, won = (d["len_a"] - d["len_b"]).to_numpy().astype(float), (d["verdict"] == "a").to_numpy().astype(float)
+    status, reason = length_fit_status(won, diff)
+    coef = logistic_fit(length_feature(diff), won)[1] if status == "ok" else None
+    return {"longer_wins_rate": _rate(unequal.select(longer_won).to_series()), "length_coef": coef,
+            "length_coef_reason": reason, "decisive_calls": d.height}
+
+
+def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, js, identical_skipped: int,
+                 pending: int) -> dict:
+    j, runner, model = cfg.judge, js.runner, js.model
+    pw = judgments.filter(pl.col("kind") == "pairwise")
+    prompts = judgments["prompt_id"].n_unique()
+    stats = runner.stats
+    backend = runner.backend
+    gov = getattr(backend, "governor", None)  # openai backend with judge.rpm/tpm set
+    extra = {"rate_governor": gov.stats()} if gov is not None and getattr(gov, "active", False) else {}
+    return {
+        "judge_model": model, "backend": j.backend, "mode": js.score_kind if js.score_kind != "score" else j.mode,
+        "strategy": j.strategy if js.score_kind == "score" else "best_vs_worst",
+        "judge_id": js.judge_id, "identity": js.identity,
+        "rubric": js.spec.rubric_id if j.backend != "reward_model" else {"source": "reward model", "sha256": "-",
+                                                                          "first_line": "its own learned reward"},
+        "explain": j.explain, "verdicts": j.verdicts,
+        "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
+        "self_judging": model in (cfg.model, _resolved(cfg.model)),
+        "inputs": {"candidates_in": cands.height, "accepted": cands.height - sum(rejected.values()),
+                   "rejected": rejected},
+        "calls": judgments["key"].n_unique(), "calls_per_prompt": judgments.height / prompts if prompts else None,
+        "calls_made_this_run": stats["calls_made"], "retries_this_run": stats["retries"],
+        "errors_this_run": stats["errors"], "pending_calls": pending,
+        "identical_pairs_skipped": identical_skipped,
+        "input_tokens": int(judgments["input_tokens"].sum()), "output_tokens": int(judgments["output_tokens"].sum()),
+        "cost_usd": float(judgments["cost_usd"].sum()), "ledger_cost_usd": runner.cost,
+        "calls_per_s": stats["calls_made"] / stats["seconds"] if stats["seconds"] else None,
+        "seconds_this_run": round(stats["seconds"], 3),
+        "batch": getattr(backend, "stats", None) if getattr(runner, "batch", False) else None,
+        "backend_stats": backend.stats() if callable(getattr(backend, "stats", None)) else None,
+        "invalid_rate": _rate(judgments["verdict"] == "invalid"),
+        "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
+        "rationales": rationale_samples(judgments),
+        "checklist_items": checklist_stats(judgments, checklist_weights(js.j)) if (judgments["kind"] == "checklist").any()
+        else None,
+        **position_stats(pw), **length_stats(pw, cands), **extra,
+        "single_length": single_length_stats(judgments, cands, checklist_weights(js.j)),
+    }
+
+
+def single_length_stats(judgments: pl.DataFrame, cands: pl.DataFrame, weights: dict[str, float]) -> dict | None:
+    """The length audit of judges that score candidates alone (rubric scores, checklists, reward
+    models): over each prompt's best- vs worst-scored candidate of unequal length, how often the
+    longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length."""
+    single = judgments.filter(pl.col("kind").is_in(["score", "checklist", "reward"]))
+    if single.is_empty():
+        return None
+    comp = compare(single, weights).filter(pl.col("outcome") == "label")
+    tokens = cands.select("candidate_id", "num_tokens")
+    d = (comp.join(tokens.rename({"candidate_id": "chosen_id", "num_tokens": "lc"}), on="chosen_id")
+         .join(tokens.rename({"candidate_id": "rejected_id", "num_tokens": "lr"}), on="rejected_id")
+         .filter(pl.col("lc") != pl.col("lr")))
+    return {"longer_scored_higher_rate": _rate(d.select(pl.col("lc") > pl.col("lr")).to_series()),
+            "comparisons": d.height}
+
+
+def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
+    """A few explained verdicts, for the report: what the judge said before its final line."""
+    # critiques and revisions (pairs.source revise) keep their text in rationale too: not verdicts
+    r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")
+                         & ~pl.col("kind").is_in(TEXT_KINDS)).head(n)
+    return [{"prompt_id": x["prompt_id"], "kind": x["kind"], "order": x["order"], "verdict": x["verdict"],
+             "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
+
+
+def checklist_stats(judgments: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
+    """Per checklist item: mean P(yes) over all candidates, and over each prompt's best and worst
+    candidate by the weighted score the filter ranks by: which items separate chosen from rejected."""
+    ck = judgments.filter((pl.col("kind") == "checklist") & (pl.col("verdict") != "invalid"))
+    w = pl.col("item").replace_strict(weights, default=1.0, return_dtype=pl.Float64)
+    per = ck.group_by("prompt_id", "a_id").agg(total=(pl.col("score_a") * w).sum() / w.sum())
+    ranked = per.sort(["total", "a_id"], descending=[True, False]).group_by("prompt_id", maintain_order=True).agg(
+        best=pl.col("a_id").first(), worst=pl.col("a_id").last(), n=pl.len()).filter(pl.col("n") >= 2)
+    best = ck.join(ranked.select("prompt_id", a_id="best"), on=["prompt_id", "a_id"])
+    worst = ck.join(ranked.select("prompt_id", a_id="worst"), on=["prompt_id", "a_id"])
+    out = ck.group_by("item").agg(p_yes=pl.col("score_a").mean(), n=pl.len()).sort("item")
+    for name, frame in (("p_yes_best", best), ("p_yes_worst", worst)):
+        out = out.join(frame.group_by("item").agg(pl.col("score_a").mean().alias(name)), on="item", how="left")
+    return out.to_dicts()
+
+
+def _resolved(name: str) -> str | None:
+    if name == "demo":
+        from rlaif.models import demo_dir
+
+        return str(demo_dir())
+    return name
+
+
+def print_report(r: dict) -> None:
+    def fmt(v):
+        return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = [("judge", f"{r['judge_model']} ({r['backend']}, {r['mode']}/{r['strategy']}, id {r['judge_id']})"),
+            ("rubric", f"{r['rubric']['source']} {r['rubric']['sha256']}: {r['rubric']['first_line'][:60]}"),
+            ("calls (this run)", f"{r['calls']} ({r['calls_made_this_run']}, {r['retries_this_run']} retries)"),
+            ("calls per prompt", fmt(r["calls_per_prompt"])), ("cost USD", f"{r['cost_usd']:.4f}"),
+            ("position consistency", fmt(r["position_consistency"])), ("first-slot win rate", fmt(r["first_slot_win_rate"])),
+            ("invalid rate", fmt(r["invalid_rate"])), ("longer-wins rate", fmt(r["longer_wins_rate"])),
+            ("length coefficient", fmt(r["length_coef"]) if r["length_coef"] is not None
+             else f"- ({r.get('length_coef_reason') or 'not fitted'})"), ("self-judging", str(r["self_judging"])),
+            ("inputs rejected", str(r["inputs"]["rejected"] or 0))]
+    width = max(len(k) for k, _ in rows)
+    print("judge audit:")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
