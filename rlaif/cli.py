@@ -44,6 +44,7 @@ EXAMPLES = {
   rlaif run configs/quickstart.yaml                               # every round on this CPU
   rlaif run configs/quickstart.yaml rounds=1 generate.max_prompts=8 run_dir=runs/first-try
   rlaif run configs/constitutional.yaml                           # critique-and-revise pairs beside ranked ones
+  rlaif run configs/quickstart.yaml run_dir=runs/ipo train.loss_type=ipo --from runs/quickstart   # a variant: reuses generate + judge
   RLAIF_TRAIN_LAUNCHER="accelerate launch" rlaif run configs/gpu-8b.yaml   # train under a launcher""",
 }
 
@@ -69,6 +70,7 @@ examples:
   rlaif evaluate configs/quickstart.yaml round=1     # one round's policy vs SFT
   rlaif status runs/quickstart                       # where a run stands
   rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
+  rlaif compare runs/quickstart runs/ipo             # two runs side by side: compare/compare.md
   rlaif review runs/quickstart                       # a local page: browse pairs, label a blind sample
   rlaif calibrate configs/quickstart.yaml gold=gold.jsonl   # the judge vs human labels
   rlaif export runs/quickstart --out export/          # pairs as an HF dataset + adapter, with cards
@@ -94,6 +96,22 @@ def _config_args(sp) -> None:
     sp.add_argument("--config", "-c", metavar="FILE", help="the same, as an option")
 
 
+def _compare_parser(sub, fmt) -> None:
+    cp = sub.add_parser("compare", formatter_class=fmt, help="runs side by side: OUT/compare.md and its PNG plots",
+                        description="Put two or more run folders side by side in OUT/compare.md (default: "
+                                    "compare/ under the current directory), with winrate.png, lc_winrate.png and "
+                                    "length.png beside it: per round and run the win rate and LC win rate with "
+                                    "intervals, the checks, mean length, pairs kept, judge cost and calls, wall "
+                                    "time per stage; the resolved config keys that differ; and whether the last "
+                                    "round's win rates differ beyond their intervals (where the runs share "
+                                    "held-out prompts and SFT answers). Reads files only.",
+                        epilog="examples:\n  rlaif compare runs/quickstart runs/ipo\n"
+                               "  rlaif compare runs/quickstart runs/ipo runs/rubric-v2 --out compare/ipo-rubric")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders")
+    cp.add_argument("--out", default="compare", metavar="DIR",
+                    help="where compare.md and its plots go (default: compare/ under the current directory)")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="rlaif", description="RLAIF synthetic preferences and iterative DPO.",
@@ -105,13 +123,26 @@ def _parser() -> argparse.ArgumentParser:
                             epilog=f"{OVERRIDES_NOTE}\n\nexamples:\n{EXAMPLES[name]}")
         _config_args(sp)
         sp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        if name == "run":
+            sp.add_argument("--from", dest="from_run", metavar="BASE_RUN_DIR",
+                            help="fork: start this run (its own run_dir) from BASE_RUN_DIR's finished stages "
+                                 "whose fingerprint still matches (linked or copied, never moved); the rest reruns")
         if name == "train":
             sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                            help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes)")
-    st = sub.add_parser("status", formatter_class=fmt, help="rounds x stages of a run: done, partial or missing",
-                        description="Print a table of rounds x stages with key figures.",
-                        epilog="examples:\n  rlaif status runs/quickstart")
+                            help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes); "
+                                 "--no-resume moves round K's training aside (finished or not) and starts over")
+    st = sub.add_parser("status", formatter_class=fmt, help="rounds x stages of a run: done, stale, partial or missing",
+                        description="Print a table of rounds x stages with key figures. stale: finished (or "
+                                    "started) under another config than RUN_DIR/config.yaml, with what changed; "
+                                    "`rlaif run` reruns exactly those.",
+                        epilog="examples:\n  rlaif status runs/quickstart\n"
+                               "  rlaif status runs/quickstart --config configs/quickstart.yaml judge.rubric=rubric-v2.md")
     st.add_argument("run_dir", metavar="RUN_DIR")
+    st.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="with --config: staleness under that config and these overrides")
+    st.add_argument("--config", "-c", metavar="FILE",
+                    help="judge staleness against this config (what `rlaif run FILE` would redo) instead of "
+                         "RUN_DIR/config.yaml")
     rp = sub.add_parser("report", formatter_class=fmt, help="rebuild RUN_DIR/report.md and its PNG plots",
                         description="Rebuild RUN_DIR/report.md (a table of rounds, a one-line verdict, warnings) "
                                     "and its plots beside it, from the files the stages wrote: winrate.png (win "
@@ -122,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "or judge call and never imports your code (evaluate.checks functions).",
                         epilog="examples:\n  rlaif report runs/quickstart")
     rp.add_argument("run_dir", metavar="RUN_DIR")
+    _compare_parser(sub, fmt)
     _review_parser(sub, fmt)
     _calibrate_parser(sub, fmt)
     _export_parser(sub, fmt)
@@ -211,7 +243,8 @@ what it writes (DIR/):
 
 examples:
   rlaif export runs/quickstart --out exports/quickstart          # the last round with pairs
-  rlaif export runs/quickstart --out exports/quickstart-r0 round=0"""
+  rlaif export runs/quickstart --out exports/quickstart-r0 round=0
+  rlaif export runs/quickstart --out exports/quickstart export.base_model=HuggingFaceTB/SmolLM2-135M-Instruct"""
 
 
 def _calibrate_parser(sub, fmt) -> None:
@@ -226,7 +259,8 @@ def _calibrate_parser(sub, fmt) -> None:
 
 def _export_parser(sub, fmt) -> None:
     ep = sub.add_parser("export", formatter_class=fmt, epilog=EXPORT_EPILOG,
-                        usage="rlaif export RUN_DIR --out DIR [round=K]",
+                        usage="rlaif export RUN_DIR --out DIR [round=K] [export.base_model=HUB_ID] "
+                              "[export.judge_model=HUB_ID]",
                         help="a round's pairs as a Hugging Face dataset, and its adapter, each with a card",
                         description="Export round K's kept pairs (a Hugging Face dataset folder with TRL's "
                                     "columns) and its adapter, each with a card, for the ecosystem.")
@@ -255,15 +289,18 @@ def _calibrate(args) -> int:
 
 
 def _export(args) -> int:
-    k = None
+    k, names = None, []
     for item in args.out[1:] + ([args.round] if args.round else []):
         key, _, value = item.partition("=")
+        if key.startswith("export."):  # export.base_model=HUB_ID, export.judge_model=HUB_ID: checked by export
+            names.append(item)
+            continue
         if key != "round" or not value.isdigit() or k is not None:
             raise UserError(f"rlaif export: {item!r}: expected one round=K, e.g. round=0")
         k = int(value)
     from rlaif.train.export import export
 
-    out = export(Path(args.run_dir), Path(args.out[0]), k)
+    out = export(Path(args.run_dir), Path(args.out[0]), k, names)
     print(f"rlaif export: done -> {out}")
     return 0
 
@@ -302,9 +339,57 @@ def _stage(name: str, args) -> int:
         if not os.environ.get("RLAIF_RUN_CHILD") and os.environ.get("RANK", "0") == "0":
             run_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"worker": None})})
             write_text(Path(cfg.run_dir) / "config.yaml", dump_config(run_cfg))
+        if name == "run":
+            kwargs = {"from_run": args.from_run}
+        elif os.environ.get("RANK", "0") == "0":
+            up_to_date = _freshness(name, cfg, getattr(args, "resume", True))
+            if up_to_date:
+                print(up_to_date)
+                return 0
         out = getattr(importlib.import_module(module), fn)(cfg, **kwargs)
+        if name != "run" and os.environ.get("RANK", "0") == "0":
+            from rlaif import fingerprint as FP
+
+            for stage in (name, "filter") if name == "judge" else (name,):
+                FP.seal(cfg, stage)
     print(f"rlaif {name}: done -> {out}")
     return 0
+
+
+def _freshness(name: str, cfg, resume: bool) -> str | None:
+    """Before a stage runs: a stale finished (or unfinished) output is moved aside, saying why; an
+    up-to-date one is not made again (returns the line saying so). The judge and the filter always
+    run: the ledger makes an unchanged judge free, and filtering is cheap."""
+    from rlaif import fingerprint as FP
+
+    k = cfg.round
+    _inputs_exist(name, cfg)  # a mistyped model or prompts path fails here, before anything is moved aside
+    st, why = FP.state(cfg, k, name)
+    if name == "train" and not resume and st in ("done", "started"):
+        st, why = "stale", "--no-resume"
+    if st == "stale":
+        dest = None
+        for stage in (name, "filter") if name == "judge" else (name,):
+            dest = FP.move_aside(cfg, k, stage) or dest
+        print(f"rlaif {name}: round {k}: stale ({why}); rerunning" + (f"; the old outputs are in {dest}" if dest else ""))
+    elif st == "done" and name in ("generate", "train", "evaluate"):
+        return f"rlaif {name}: round {k}: up to date (made from this config); nothing to do -> {cfg.round_dir(k)}"
+    FP.stamp(cfg, name)  # generate workers on several machines write the same content
+    if name == "judge":
+        FP.stamp(cfg, "filter")
+    return None
+
+
+def _inputs_exist(name: str, cfg) -> None:
+    from rlaif.errors import UserError
+    from rlaif.models import resolve_model
+
+    if name in ("generate", "train", "evaluate"):
+        resolve_model((cfg.generate.model if name == "generate" else None) or cfg.model)
+    files = {"generate": [("prompts", cfg.prompts)], "evaluate": [("evaluate.prompts", cfg.evaluate.prompts)]}
+    for key, value in files.get(name, []):
+        if value and not Path(value).expanduser().exists():
+            raise UserError(f"{key}: {value}: no such file or folder")
 
 
 def _lock(name: str, cfg):
@@ -337,6 +422,18 @@ def _report(run_dir: str) -> int:
     return 0
 
 
+def _compare(run_dirs: list[str], out: str) -> int:
+    from rlaif.evaluate.compare import write_compare
+
+    if len(run_dirs) < 2:
+        raise UserError("compare: name two or more run folders (e.g. rlaif compare runs/a runs/b)")
+    path = write_compare([Path(d) for d in run_dirs], Path(out))
+    text = path.read_text()  # the verdicts on the last rounds, as `rlaif report` prints its first line
+    print("\n".join(ln for ln in text.split("## Do the last")[1].split("\nRule:")[0].splitlines() if ln.startswith("- ")))
+    print(f"rlaif compare: done -> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from rlaif.procs import die_with_parent
 
@@ -355,9 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             from rlaif.loop import status
 
-            return status(args.run_dir)
+            return status(args.run_dir, args.config, args.overrides)
         if args.cmd == "report":
             return _report(args.run_dir)
+        if args.cmd == "compare":
+            return _compare(args.run_dirs, args.out)
         if args.cmd == "review":
             return _review(args)
         if args.cmd == "export":

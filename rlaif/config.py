@@ -399,6 +399,17 @@ class CalibrateConfig(Strict):
         return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
 
 
+class ExportConfig(Strict):
+    """`rlaif export` (rlaif/train/export.py): how the cards name the models, for a reader on another machine."""
+    base_model: str | None = Field(
+        None, description="the base model's Hugging Face Hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct: the model "
+                          "card's base_model and the exported adapter_config.json name it; default: the model "
+                          "folder's name, never its local path")
+    judge_model: str | None = Field(
+        None, description="the judge's Hub id (or API model name) for the dataset card; default: the judge's model "
+                          "name, or its folder's name when it is a local folder")
+
+
 class RunSection(Strict):
     accumulate_pairs: bool = False
     stop_on_length_hacking: bool = Field(
@@ -423,6 +434,7 @@ class RunConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     run: RunSection = Field(default_factory=RunSection)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     def round_dir(self, k: int | None = None) -> Path:
         return Path(self.run_dir) / f"round-{self.round if k is None else k}"

@@ -5,8 +5,11 @@ After each round's evaluation RUN_DIR/report.md is rebuilt, and with run.stop_on
 the run stops when answers grew by more than run.max_length_growth while the LC win rate did not
 rise. Without evaluate.prompts there is no held-out set, so rounds end after train (said once).
 
-A stage whose manifest exists is skipped; an unfinished one resumes from its shards, ledger or
-checkpoint. Round k > 0 samples from the SFT model plus round k-1's adapter (or, with
+A stage whose outputs are up to date is skipped; one made from another config (rlaif/fingerprint.py:
+a key it reads, a file it consumed, an upstream stage changed) is stale: its outputs are moved aside
+and it reruns, with everything downstream of it, saying why. An unfinished one resumes from its
+shards, ledger or checkpoint. `--from BASE` forks: the new run starts from BASE's stages that are
+still valid under the new config (linked or copied, never moved). Round k > 0 samples from the SFT model plus round k-1's adapter (or, with
 train.reference=previous, from the merged previous policy plus the adapter): no merge is needed
 for sampling.
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from rlaif.config import RunConfig, load_config
 from rlaif.credentials import SECRETS_ENV, secret_urls
+from rlaif import fingerprint as FP
 from rlaif.errors import UserError
 from rlaif.procs import run_child
 from rlaif.train.policy import adapter_dir, policy_base
@@ -49,6 +53,17 @@ class StageFailed(UserError):
 
 def done(cfg: RunConfig, k: int, stage: str) -> bool:
     return all((cfg.round_dir(k) / f).exists() for f in DONE[stage])
+
+
+def step(cfg: RunConfig, k: int, stage: str, memo: dict) -> tuple[str, str, str]:
+    """(state, why, command) of round k's loop step: the judge step is the judge then the filter, so
+    a finished judge under a stale filter reruns the filter alone (no judge call)."""
+    st, why = FP.state(cfg, k, stage, memo)
+    if stage == "judge" and st == "done":
+        fst, fwhy = FP.state(cfg, k, "filter", memo)
+        if fst != "done":
+            return fst, fwhy, "filter"
+    return st, why, stage
 
 
 def stage_overrides(cfg: RunConfig, k: int, stage: str) -> list[str]:
@@ -96,7 +111,7 @@ def report(cfg: RunConfig) -> Path:
     return write_report(Path(cfg.run_dir), cfg.run.max_length_growth)
 
 
-def run(cfg: RunConfig) -> Path:
+def run(cfg: RunConfig, from_run: str | None = None) -> Path:
     config = Path(cfg.run_dir) / "config.yaml"  # written by the CLI: the resolved config, secrets masked
     if cfg.generate.worker:
         raise UserError(f"generate.worker={cfg.generate.worker}: a worker samples only part of a round; use it with "
@@ -108,23 +123,35 @@ def run(cfg: RunConfig) -> Path:
     if not cfg.evaluate.prompts:
         print("run: evaluate.prompts is not set: no held-out prompts, so rounds are not evaluated "
               "(no win rate, no length-hacking stop)")
-    ran = False
+    if from_run:
+        steps = [s for s in FP.STAGES if s != "evaluate" or cfg.evaluate.prompts]
+        reused = FP.fork(cfg, Path(from_run), steps)
+        print(f"run: forked from {from_run}: reused " + (", ".join(reused) if reused else "nothing (no stage "
+              "of it is valid under this config)"))
+    ran, memo = False, {}
     for k in range(cfg.rounds):
         if k > 0 and (msg := length_stop(cfg, k - 1)):
             return _stopped(cfg, k - 1, msg)
-        if all(done(cfg, k, s) for s in todo):
+        states = [step(cfg, k, s, memo) for s in todo]
+        if all(st == "done" for st, _, _ in states):
             print(f"run: round {k}: done, skipped")
             continue
         ran = True
         for stage in todo:
-            if done(cfg, k, stage):
+            st, why, cmd = step(cfg, k, stage, memo)  # again: an earlier step of this round may have changed it
+            if st == "done":
                 print(f"run: round {k} {stage}: done, skipped")
                 continue
-            print(f"run: round {k} {stage} ...", flush=True)
-            cmd = stage_command(stage, config, stage_overrides(cfg, k, stage))
-            code = run_child(cmd, env)  # dies with this process
+            if st == "stale":
+                order = [s for s in FP.STAGES if s in todo or s == "filter"]
+                print(f"run: round {k} {cmd}: stale ({why}); rerunning; downstream: {FP.downstream(cfg, k, cmd, order)}",
+                      flush=True)
+                for s in (cmd, "filter") if cmd == "judge" else (cmd,):
+                    FP.move_aside(cfg, k, s)
+            print(f"run: round {k} {cmd} ...", flush=True)
+            code = run_child(stage_command(cmd, config, stage_overrides(cfg, k, cmd)), env)  # dies with this process
             if code != 0:
-                raise StageFailed(stage, k, code)
+                raise StageFailed(cmd, k, code)
         print(f"run: round {k} done; report -> {report(cfg)}", flush=True)
     if (msg := length_stop(cfg, cfg.rounds - 1)):
         return _stopped(cfg, cfg.rounds - 1, msg)
@@ -139,7 +166,18 @@ def _stopped(cfg: RunConfig, k: int, msg: str) -> Path:
     return Path(cfg.run_dir)
 
 
-def _cell(cfg: RunConfig, k: int, stage: str) -> str:
+def _cell(cfg: RunConfig, k: int, stage: str, memo: dict, notes: list[str]) -> str:
+    """One status cell: 'stale' (why goes under the table) when the outputs were made from another
+    config, else what is there: done with its figures, partial, or missing."""
+    if stage != "evaluate" or cfg.evaluate.prompts:
+        st, why, cmd = step(cfg, k, stage, memo)
+        if st == "stale":
+            notes.append(f"round {k} {cmd}: stale: {why}")
+            return f"stale ({cmd}, note {len(notes)})" if cmd != stage else f"stale (note {len(notes)})"
+    return _figures(cfg, k, stage)
+
+
+def _figures(cfg: RunConfig, k: int, stage: str) -> str:
     rdir = cfg.round_dir(k)
     if stage == "generate":
         if done(cfg, k, stage):
@@ -187,14 +225,23 @@ def _json(path: Path) -> dict:
         raise UserError(f"{path}: unreadable ({str(e).splitlines()[0][:100]})") from None
 
 
-def status(run_dir: str) -> int:
+def status(run_dir: str, config: str | None = None, overrides: list[str] = ()) -> int:
+    """Rounds x stages of RUN_DIR. Staleness is judged against RUN_DIR/config.yaml (the config the run
+    last started with), or against CONFIG + overrides when given: what `rlaif run CONFIG` would redo."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
-    cfg = load_config(path, import_checks=False)  # reading a run never imports the user's check functions
-    rows = [[f"round {k}"] + [_cell(cfg, k, s) for s in STAGES] for k in range(cfg.rounds)]
+    # reading a run never imports the user's check functions
+    cfg = load_config(config or path, [*overrides, f"run_dir={run_dir}"] if config else overrides, import_checks=False)
+    memo: dict = {}
+    notes: list[str] = []
+    rows = [[f"round {k}"] + [_cell(cfg, k, s, memo, notes) for s in STAGES] for k in range(cfg.rounds)]
     header = ["", *STAGES]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for i, note in enumerate(notes, 1):
+        print(f"note {i}: {note}")
+    if notes:
+        print(f"`rlaif run {config or path}` reruns the stale stages and everything downstream of them")
     return 0

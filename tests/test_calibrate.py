@@ -64,6 +64,18 @@ def result(tmp_path) -> dict:
     return json.loads((tmp_path / "run" / "calibration" / "calibration.json").read_text())
 
 
+DISAGREEMENT_FIELDS = ["prompt_id", "messages", "response_a", "response_b", "human", "judge", "rationale"]
+
+
+def disagreements(tmp_path) -> list[dict]:
+    text = (tmp_path / "run" / "calibration" / "disagreements.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def gold_rows() -> list[dict]:
+    return [json.loads(line) for line in GOLD.read_text().splitlines()]
+
+
 # ------------------------------------------------------------------ Cohen's kappa
 
 def test_kappa_matches_textbook_examples():
@@ -105,6 +117,17 @@ def test_calibrate_against_the_server_then_a_rerun_pays_nothing(api, tmp_path):
     assert r["judge_model"] == "fake-judge" and r["identity"]["endpoint"] == api.base_url
     assert r["rubric"]["source"] == "default" and r["template_version"].startswith("pairwise-")
     assert KEY not in res.stdout + res.stderr + json.dumps(r)
+    # disagreements.jsonl: exactly the gold rows where the judge's label is not the human's, in gold order
+    gold, listed = gold_rows(), disagreements(tmp_path)
+    want = [i for i, (h, j) in enumerate(zip(HUMAN, FAKE)) if h != j]
+    assert len(listed) == len(want) == sum(v for h, row in r["confusion"].items() for j, v in row.items() if j != h)
+    for d, i in zip(listed, want):
+        assert list(d) == DISAGREEMENT_FIELDS
+        assert [d[f] for f in ("prompt_id", "response_a", "response_b")] == [gold[i][f] for f in
+                                                                             ("prompt_id", "response_a", "response_b")]
+        assert d["messages"] == (gold[i].get("messages") or [{"role": "user", "content": gold[i]["prompt"]}])
+        assert (d["human"], d["judge"], d["rationale"]) == (HUMAN[i], FAKE[i], None)  # judge.explain is off
+    before = (tmp_path / "run" / "calibration" / "disagreements.jsonl").read_bytes()
     # rerun: every verdict comes from RUN_DIR/calibration/judge-ledger.sqlite
     again = rlaif_cli("calibrate", "--config", config, f"gold={GOLD}", env=env)
     assert again.returncode == 0, again.stderr
@@ -112,10 +135,36 @@ def test_calibrate_against_the_server_then_a_rerun_pays_nothing(api, tmp_path):
     r2 = result(tmp_path)
     assert r2["calls_made_this_run"] == 0 and r2["agreement"] == r["agreement"]
     assert r2["cost_usd"] == pytest.approx(r["cost_usd"])
+    assert (tmp_path / "run" / "calibration" / "disagreements.jsonl").read_bytes() == before
     # report.md shows it
     assert rlaif_cli("report", str(tmp_path / "run")).returncode == 0
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Judge calibration on human gold pairs" in report and "| 12 | 50% | 0.294 |" in report
+
+
+def first_order_why(label: str) -> str:
+    """The fake server's explained rationale (tests/judge_replies.py `rationale`) in order ab, where slot A
+    is response_a: it names the winning slot, so the second order (ba) would name the other letter."""
+    if label == "tie":
+        return "Both answer the question equally well."
+    win = label.upper()
+    return f"{'B' if win == 'A' else 'A'} is shorter, but {win} answers the question."
+
+
+def test_explained_disagreements_carry_the_first_orders_rationale(api, tmp_path):
+    # g1 (human: a): both orders scripted to prefer response_b, each order with its own rationale
+    api.control(faults=[{"type": "text", "content": "First order: the second answer is complete.\nVerdict: B"},
+                        {"type": "text", "content": "Second order: the first answer is complete.\nVerdict: A"}])
+    res = rlaif_cli("calibrate", "--config", write_config(tmp_path, api), f"gold={GOLD}", "judge.explain=true",
+                    env={ENV: KEY})
+    assert res.returncode == 0, res.stderr
+    judge, gold = ["b"] + LONGER[1:], gold_rows()
+    want = [i for i, (h, j) in enumerate(zip(HUMAN, judge)) if h != j]
+    listed = disagreements(tmp_path)
+    assert [(d["prompt_id"], d["human"], d["judge"]) for d in listed] == [(gold[i]["prompt_id"], HUMAN[i], judge[i])
+                                                                          for i in want]
+    assert listed[0]["rationale"] == "First order: the second answer is complete."
+    assert [d["rationale"] for d in listed[1:]] == [first_order_why(judge[i]) for i in want[1:]]
 
 
 def test_min_agreement_refuses_rlaif_judge(api, tmp_path):
@@ -170,6 +219,11 @@ def test_scripted_judge_pairwise_and_score_modes(scripted, tmp_path):
     assert r["label_kind"] == "score" and r["calls"] == 6 and r["position_consistency"] is None
     assert r["judge_labels"]["a"] == 1 and r["judge_labels"]["b"] == 1 and r["judge_labels"]["tie"] == 1
     assert r["agreement"] == pytest.approx(2 / 3)
+    # explained scores: the one disagreement (row 2: 1 vs 4 list items, humans said a) with each side's reason
+    calibrate.run(local_cfg(tmp_path, scripted, "judge.mode=score", f"calibrate.gold={gold}", "judge.explain=true"))
+    (d,) = disagreements(tmp_path)
+    assert (d["response_a"], d["human"], d["judge"]) == (listy(1), "a", "b")
+    assert d["rationale"] == "A: It has 1 list items.\nB: It has 4 list items."
 
 
 def test_identical_responses_are_a_tie_without_a_call(scripted, tmp_path):

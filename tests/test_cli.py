@@ -18,7 +18,7 @@ def test_help_imports_no_heavy_library():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("cmd", ["generate", "judge", "filter", "train", "evaluate", "run", "status", "report", "demo-model"])
+@pytest.mark.parametrize("cmd", ["generate", "judge", "filter", "train", "evaluate", "run", "status", "report", "compare", "demo-model"])
 def test_every_subcommand_help_ends_with_examples(cmd):
     res = rlaif_cli(cmd, "--help")
     assert res.returncode == 0, res.stderr

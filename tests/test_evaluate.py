@@ -91,7 +91,7 @@ def test_second_evaluate_makes_no_judge_calls(evaluated):
     assert again.returncode == 0, again.stderr[-3000:]
     assert calls_again == calls_first
     e = json.loads((run_dir / "round-1" / "eval" / "eval.json").read_text())
-    assert "stage already done" in again.stdout  # answers were not generated twice either
+    assert "up to date (made from this config); nothing to do" in again.stdout  # answers were not generated twice either
     assert e["win_rate"] is not None
 
 

@@ -108,6 +108,73 @@ def test_export_then_one_dpo_step_from_the_folder(run, tmp_path, tiny_model):
     assert result.global_step == 1 and math.isfinite(result.training_loss)
 
 
+def local_paths_run(run, tiny_model, tmp_path) -> dict:
+    """Round 0 as a real run leaves it on this machine: a local judge named by its folder, a rubric file,
+    the train manifest naming the base model's folder, and PEFT's adapter_config.json naming it too."""
+    rubric = tmp_path / "rubrics" / "steps.md"
+    rubric.parent.mkdir()
+    rubric.write_text("Prefer numbered steps.\n")
+    judge_dir = tmp_path / "models" / "Qwen3-0.6B-judge"
+    write_json(run / "round-0" / "judge-report.json", {
+        **JUDGE, "judge_model": str(judge_dir), "backend": "local", "identity": {"backend": "local", "model": "9f8e"},
+        "rubric": {**JUDGE["rubric"], "source": str(rubric)}})
+    train = run / "round-0" / "train"
+    write_json(train / "train.manifest.json", {
+        "stage": "train", "round": 0, "steps": 1, "final": {"loss": 0.69}, "base_model": str(tiny_model),
+        "reference_model": str(tiny_model), "adapter": str(train / "adapter"), "adapter_id": "0123abcd"})
+    assert json.loads((train / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model)  # what PEFT writes: the local folder
+    return {"judge": judge_dir, "rubric": rubric}
+
+
+def exported_text(out) -> dict:
+    return {p: p.read_text() for p in out.rglob("*") if p.suffix in (".md", ".json", ".yaml", ".yml")}
+
+
+def test_cards_never_name_a_local_path(run, tmp_path, tiny_model):
+    paths = local_paths_run(run, tiny_model, tmp_path)
+    out = tmp_path / "exp"
+    res = rlaif_cli("export", str(run), "--out", str(out), "round=0")
+    assert res.returncode == 0, res.stderr
+    texts = exported_text(out)
+    assert {"README.md", "export.json", "adapter_config.json"} <= {p.name for p in texts}
+    for p, text in texts.items():
+        for local in (str(tmp_path), str(tiny_model), str(ROOT), str(os.path.expanduser("~")) + "/", "/tmp/"):
+            assert local not in text, f"{p.relative_to(out)} names the local path {local}"
+    # the folders' names instead, and the cards say where a Hub id would go
+    model = (out / "adapter" / "README.md").read_text()
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model.name and f"`{tiny_model.name}`" in model
+    assert "export.base_model" in model and "adapter_config.json" in model
+    assert "base_model" not in yaml.safe_load(model.split("---\n")[1])  # the Hub's key takes repository ids only
+    dataset = (out / "dataset" / "README.md").read_text()
+    assert f"`{paths['judge'].name}`" in dataset and "export.judge_model" in dataset
+    assert front_matter(out / "dataset" / "README.md")["rlaif"]["judge"]["rubric"]["source"] == "steps.md"
+    # the training run's own adapter is untouched: only the exported copy is renamed
+    assert json.loads((run / "round-0" / "train" / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(tiny_model)
+
+
+def test_hub_ids_from_the_config_and_the_command_line(run, tmp_path, tiny_model):
+    local_paths_run(run, tiny_model, tmp_path)
+    (run / "config.yaml").write_text(yaml.safe_dump({"prompts": "p.jsonl", "export": {
+        "base_model": "someone/wrong-base", "judge_model": "Qwen/Qwen3-0.6B"}}))
+    out = tmp_path / "exp"
+    res = rlaif_cli("export", str(run), "--out", str(out), "round=0",
+                    "export.base_model=HuggingFaceTB/SmolLM2-135M-Instruct")  # the command line wins
+    assert res.returncode == 0, res.stderr
+    model = (out / "adapter" / "README.md").read_text()
+    meta = front_matter(out / "adapter" / "README.md")
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["rlaif"]["base_model"] == meta["base_model"]
+    assert 'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")' in model and "wrong-base" not in model
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert front_matter(out / "dataset" / "README.md")["rlaif"]["judge"]["judge_model"] == "Qwen/Qwen3-0.6B"
+    assert "judged by `Qwen/Qwen3-0.6B`" in (out / "dataset" / "README.md").read_text()
+    res = rlaif_cli("export", str(run), "--out", str(out), "export.base_mdl=x")
+    assert res.returncode == 2 and "export.base_mdl" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
 def test_unfinished_training_exports_no_adapter_and_a_rerun_replaces(run, tmp_path):
     write_round(run, 1, n=2)
     (run / "round-1" / "train" / "adapter").mkdir(parents=True)  # a kill mid-training: no train.manifest.json

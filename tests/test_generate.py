@@ -142,12 +142,15 @@ def test_an_adapter_retrained_in_place_is_not_taken_for_the_old_one(tmp_path, ti
     adapter = finished_adapter(tmp_path, 0, tiny_model, seed=0)
     assert rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter)).returncode == 0
     again = rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter))
-    assert again.returncode == 0 and "stage already done" in again.stdout
+    assert again.returncode == 0 and "up to date" in again.stdout
+    first = json.loads((tmp_path / "round-1" / "candidates.manifest.json").read_text())
     finished_adapter(tmp_path, 0, tiny_model, seed=1)  # round 0 trained again: same path, other weights
     res = rlaif_cli(*_adapter_args(tmp_path, tiny_model, adapter))
-    assert res.returncode == 2 and "came from a different model/adapter" in res.stderr, res.stderr[-2000:]
+    # stale, not reused: the old rows are moved aside and the round is sampled from the new adapter (issue 20)
+    assert res.returncode == 0 and "stale (generate.adapter changed" in res.stdout, res.stdout + res.stderr[-2000:]
     m = json.loads((tmp_path / "round-1" / "candidates.manifest.json").read_text())
-    assert m["adapter_id"] and m["model_id"]  # what the rows came from, by content
+    assert m["adapter_id"] and m["model_id"] and m["adapter_id"] != first["adapter_id"]  # by content
+    assert list((tmp_path / "round-1" / "stale").glob("generate-*/candidates.manifest.json"))
 
 
 def test_an_adapter_is_used_only_once_its_training_finished(tmp_path, tiny_model):

@@ -95,7 +95,22 @@ def circles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def describe(g, comp) -> str:
-    return "; ".join(f"{a} -> {b}" for a in comp for b in sorted(g[a]) if b in comp)
+    """The shortest loop through the component's first module (breadth-first), as a -> b -> ... -> a,
+    and how many modules the whole component holds."""
+    start, inside = comp[0], set(comp)
+    prev, queue = {start: None}, [start]
+    for v in queue:
+        for w in sorted(g[v] & inside):
+            if w == start:
+                path = [v]
+                while prev[path[-1]] is not None:
+                    path.append(prev[path[-1]])
+                loop = [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, v, start][: 2 + (v != start)]
+                return " -> ".join(loop) + f" ({len(comp)} modules in this circle)"
+            if w not in prev:
+                prev[w] = v
+                queue.append(w)
+    return ", ".join(comp)
 
 
 def test_no_import_circles_in_rlaif_or_bench():

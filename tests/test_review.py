@@ -223,6 +223,51 @@ def test_checklist_round_data_follows_the_filters_weights(tmp_path):
     assert (s1["judged_by"], s1["left_id"], s1["left_score"], s1["right_score"]) == ("score", "s1/c0", 7.0, 4.0)
 
 
+def calibrate_into(run_dir: Path, scripted: Path, tmp_path: Path) -> list[dict]:
+    """`rlaif calibrate` (in-process, the scripted judge explaining itself) on two gold pairs: the judge prefers
+    the numbered list, the humans did not in the first pair (text with markup, which the page must show as
+    text); returns what it wrote to RUN_DIR/calibration/disagreements.jsonl."""
+    from rlaif.config import load_config
+    from rlaif.judge.trust import calibrate
+
+    gold = tmp_path / "gold.jsonl"
+    rows = [("Is <b>this</b> bold?", "Short & <b>bold</b>", "1. One\n2. Two <img src=x onerror=alert(1)>", "a"),
+            ("List two fruits.", "1. Apple\n2. Pear", "Apples.", "a")]
+    gold.write_text("".join(json.dumps({"prompt_id": f"g{i}", "prompt": q, "response_a": a, "response_b": b,
+                                        "human": h}) + "\n" for i, (q, a, b, h) in enumerate(rows)))
+    calibrate.run(load_config(None, [f"run_dir={run_dir}", "prompts=tests/assets/prompts.jsonl", "model=policy",
+                                     "judge.backend=local", f"judge.model={scripted}", "judge.explain=true",
+                                     f"calibrate.gold={gold}"]))
+    path = run_dir / "calibration" / "disagreements.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_calibration_disagreements_on_the_page(run_dir, scripted, tmp_path, browser):
+    with review_server(run_dir) as (url, _):  # no calibration yet: no tab, and the endpoint says so
+        assert get(url, "api/calibration") == {"exists": False, "rows": [], "summary": None}
+        browser.get(url)
+        wait_for(browser, lambda d: d.find_elements("css selector", ".pair"), "the browse tab")
+        assert not browser.find_element("id", "tab-calibration").is_displayed()
+    listed = calibrate_into(run_dir, scripted, tmp_path)
+    assert [(d["prompt_id"], d["human"], d["judge"]) for d in listed] == [("g0", "a", "b")]
+    with review_server(run_dir) as (url, _):
+        cal = get(url, "api/calibration")
+        assert cal["exists"] and cal["rows"] == listed and cal["summary"]["agreement"] == 0.5
+        browser.get(url)
+        tab = wait_for(browser, lambda d: d.find_element("id", "tab-calibration") if
+                       d.find_element("id", "tab-calibration").is_displayed() else None, "the calibration tab")
+        tab.click()
+        card = wait_for(browser, lambda d: next((c.text for c in d.find_elements("css selector", "#disagreements .pair")),
+                                                None), "a disagreement")
+        for shown in ("Is <b>this</b> bold?", "Short & <b>bold</b>", "2. Two <img src=x onerror=alert(1)>",
+                      "humans: a", "judge: b", "Response A opens well; A is shorter."):
+            assert shown in card, f"{shown!r} not in {card!r}"
+        assert "1 of 2 gold pairs" in text(browser, "calibration-summary")
+        # markup in model or gold text stays text: no element was made from it
+        assert browser.find_elements("css selector", "#calibration b, #calibration img") == []
+        screenshot(browser, "calibration.png")
+
+
 # ---------------------------------------------------------------- the endpoints and the export
 
 def test_sample_is_blind_and_choices_map_to_candidates(run_dir):

@@ -10,4 +10,5 @@
     curves.py        training curves from the trainer's logs
     pair_sources.py  pairs per source (rank, revise) for the report
     report.py        RUN_DIR/report.md with PNG plots
+    compare.py       rlaif compare: runs side by side, OUT/compare.md with PNG plots
 """

@@ -302,4 +302,8 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     plots += [("Training curves per round", "training.png")] if curves.plot(trained, run_dir / "training.png") else []
     for title, name in plots:
         lines += ["", f"## {title}", "", f"![{title}]({name})"]
-    return write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    path = write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    from rlaif.evaluate import report_html  # the same report as one self-contained page to hand round
+
+    report_html.write(run_dir, rounds, lines[0], COLUMNS, [_row(r) for r in rounds], plots)
+    return path

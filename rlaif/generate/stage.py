@@ -68,6 +68,7 @@ def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag:
         prompts = prompts.head(g.max_prompts)
     rdir = Path(out_dir)
     model, fp = _identity(cfg, prompts, tag)
+    _aside_if_other(rdir, fp, desc)
     if done(rdir, fp):
         print(f"{desc}: {rdir / MANIFEST} exists; stage already done")
         return rdir / MANIFEST
@@ -75,6 +76,30 @@ def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag:
     plan, tokens = _plan(cfg, prompts, model, fp, out)
     sample_missing(cfg, model, _chats(prompts), plan, tokens, out, tag=tag, desc=desc)
     return write_manifest(cfg, model, out)
+
+
+def _aside_if_other(rdir: Path, fp: str, desc: str) -> None:
+    """Answers sampled under other settings (a changed evaluate.temperature, say) are moved to
+    rdir/stale/ rather than refused: the evaluate stage that asks for them is itself rerunning."""
+    import json
+    import os
+    import time
+
+    saved = [rdir / MANIFEST, rdir / "candidates" / "plan.json"]
+    fps = set()
+    for f in saved:
+        try:
+            fps.add(json.loads(f.read_text()).get("fingerprint"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    if not fps or fps == {fp}:
+        return
+    dest = rdir / "stale" / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST, "candidates"):
+        if (rdir / name).exists():
+            os.replace(rdir / name, dest / name)
+    print(f"{desc}: the answers in {rdir} came from other settings; moved to {dest}, sampling again")
 
 
 def _identity(cfg: RunConfig, prompts: pl.DataFrame, tag: str) -> tuple[str, str]:

@@ -5,7 +5,8 @@
 
 The standard library's ThreadingHTTPServer on 127.0.0.1 only: one HTML page (page.html,
 inline JS and CSS, no CDN: these machines are offline) and a few JSON endpoints. Everything shown
-is read from the run folder's files (data.py); the only thing written is
+is read from the run folder's files (data.py; the calibration tab: calibration.py, the gold pairs
+where `rlaif calibrate`'s judge disagreed with people); the only thing written is
 RUN_DIR/human-labels.sqlite (labels.py), one transaction per click.
 
 The labelling sample is blind: the page gets two texts in slots A and B (order seeded per item)
@@ -26,7 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from rlaif.errors import UserError
-from rlaif.review import data
+from rlaif.review import calibration, data
 from rlaif.review.labels import FILENAME, LabelStore, run_agreement
 from rlaif.judge.pairs.filter import FILTERS
 
@@ -159,7 +160,8 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         routes = {"/api/health": lambda: {"ok": True}, "/api/rounds": self.review.rounds,
                   "/api/round": lambda: self.review.round(q), "/api/sample": self.review.sample,
-                  "/api/agreement": lambda: run_agreement(self.review.run_dir)}
+                  "/api/agreement": lambda: run_agreement(self.review.run_dir),
+                  "/api/calibration": lambda: calibration.disagreements(self.review.run_dir)}
         if url.path in ("/", "/index.html"):
             return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
         if url.path not in routes:

@@ -4,8 +4,10 @@ The metadata block is the Hub's card format (a `---` fenced YAML header: hugging
 DatasetCard / ModelCard parse it): the Hub's own keys (pretty_name, tags, task_categories,
 size_categories; library_name, pipeline_tag) plus an `rlaif` mapping with what a reader needs to
 trust the data: the judge's identity and rubric, the filter funnel, counts, lengths and, when
-`rlaif calibrate` ran, the judge's agreement with human labels. `base_model` is left out: rlaif
-trains from local folders only, and the Hub expects a repository id there.
+`rlaif calibrate` ran, the judge's agreement with human labels. Models are named as a reader can find
+them, never by a path of this machine (rlaif/train/export.py `readable`): the Hub's `base_model` key is
+set only from `export.base_model` (the Hub expects a repository id there; rlaif trains from local
+folders), else the card names the base model's folder.
 """
 from __future__ import annotations
 
@@ -64,7 +66,9 @@ def dataset_card(info: dict) -> str:
     rubric = (judge.get("rubric") or {}).get("first_line", "-")
     lines = [_front(meta), f"# {meta['pretty_name']}", "",
              f"{n} preference pairs kept by rlaif's filter from round {info['round']} of the run `{info['run']}`, "
-             f"judged by `{judge.get('judge_model', '-')}` (judge id {judge.get('judge_id', '-')}, "
+             f"judged by `{judge.get('judge_model', '-')}`"
+             + (" (a local model folder, by name; set `export.judge_model` to its Hub id; "
+                if info["judge"].get("judge_is_folder") else " (") + f"judge id {judge.get('judge_id', '-')}, "
              f"{judge.get('mode', '-')} mode) against the rubric: {rubric}", "",
              "## Use", "", "```python", "from datasets import load_from_disk", "from trl import DPOConfig, DPOTrainer",
              "", 'pairs = load_from_disk("dataset")  # this folder',
@@ -100,14 +104,20 @@ def model_card(info: dict, manifest: dict, kind: str) -> str:
     final = manifest.get("final") or {}
     keep = ("beta", "loss_type", "label_smoothing", "loss_weights", "learning_rate", "max_steps", "num_epochs",
             "batch_size", "lora_r", "lora_alpha", "lora_target_modules", "reference")
+    base = str(info.get("base_model") or "BASE")  # a Hub id (export.base_model) or the folder's name
     meta = {"library_name": "peft" if kind == "adapter" else "transformers", "pipeline_tag": "text-generation",
+            **({"base_model": base} if info.get("base_is_hub") else {}),
             "tags": ["rlaif", "dpo", "trl"] + (["lora", "peft"] if kind == "adapter" else []),
             "rlaif": {"run": info["run"], "round": info["round"], "kind": kind,
-                      "base_model": manifest.get("base_model"), "adapter_id": manifest.get("adapter_id"),
+                      "base_model": base, "adapter_id": manifest.get("adapter_id"),
                       "steps": manifest.get("steps"), "final": final, "pairs": manifest.get("pairs"),
                       "train": {k: t.get(k) for k in keep if k in t}, "judge_id": info["judge"].get("judge_id"),
                       "dataset": "../dataset"}}
-    base = str(manifest.get("base_model") or "BASE")
+    where = ("adapter_config.json's base_model_name_or_path" if kind == "adapter" else "config.json's _name_or_path")
+    named = (f"The base model is `{base}` on the Hugging Face Hub." if info.get("base_is_hub") else
+             f"The base model was a local folder named `{base}`; set `export.base_model` to its Hub id to name it.")
+    if info.get("renamed"):
+        named += f" In this export, {where} says `{base}` (training wrote the local path there)."
     load = ([f'base = AutoModelForCausalLM.from_pretrained("{base}")',
              'model = PeftModel.from_pretrained(base, "adapter")  # this folder'] if kind == "adapter"
             else ['model = AutoModelForCausalLM.from_pretrained("merged")  # this folder'])
@@ -115,8 +125,7 @@ def model_card(info: dict, manifest: dict, kind: str) -> str:
              f"A DPO-trained LoRA policy (TRL DPOTrainer + PEFT) from round {info['round']} of `{info['run']}`"
              + (", merged into its base model" if kind == "merged" else "") + f": {manifest.get('steps')} steps, "
              f"final loss {_num(final.get('loss'))}, reward accuracy {_num(final.get('rewards/accuracies'))}. Trained "
-             "on the "
-             "pairs in `../dataset` (their card names the judge, rubric and filters). The base model was the local "
-             f"folder `{base}`.", "", "```python", "from transformers import AutoModelForCausalLM"
+             "on the pairs in `../dataset` (their card names the judge, rubric and filters). " + named, "",
+             "```python", "from transformers import AutoModelForCausalLM"
              + ("\nfrom peft import PeftModel" if kind == "adapter" else ""), *load, "```"]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,12 @@ finished; DIR/merged the merged model when training built one. Each folder carri
 card with YAML metadata (rlaif/train/cards.py). The export is built beside DIR, export.json written
 last, and swapped into place in one step, so a kill at any point leaves DIR the old export or the whole
 new one (issue 18, item 8; `_replace` says where a file system cannot swap).
+
+Nothing exported names a path of this machine (issue 20): the cards name the base model and the judge by
+`export.base_model` / `export.judge_model` (Hub ids: the run's config.yaml, or `export.KEY=VALUE` on the
+command line), else by the folder's name; PEFT's adapter_config.json, which holds the local path of the
+base model in `base_model_name_or_path`, gets the same name in the exported copy (the run's own file is
+left alone), and the model card says so.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 from rlaif.errors import UserError
 from rlaif.io import PAIRS_SCHEMA, UMASK, read_parquet_checked, write_json, write_text
@@ -44,6 +51,60 @@ def _load(path: Path) -> dict:
         return obj if isinstance(obj, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def readable(name: str | None) -> str | None:
+    """A model as a reader elsewhere can find it: a Hub id or API model name as is (an API name may hold
+    slashes, e.g. accounts/x/models/y), a local folder (absolute, ./ or ~/, or existing here) by its name."""
+    if not name:
+        return name
+    local = name.startswith((".", "~")) or Path(name).expanduser().is_absolute() or Path(name).exists()
+    return Path(name).expanduser().name if local else name
+
+
+def names(run_dir: Path, overrides: list[str] = ()) -> dict:
+    """export.base_model / export.judge_model: the run's config.yaml, then `export.KEY=VALUE` items (these win)."""
+    from pydantic import ValidationError
+
+    from rlaif.config import ExportConfig
+
+    try:
+        data = dict((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("export") or {})
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        data = {}  # no config.yaml (or not a mapping): the folder names are used
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not key.startswith("export.") or key[7:] not in ExportConfig.model_fields:
+            raise UserError(f"rlaif export: {item!r}: expected round=K, export.base_model=HUB_ID or "
+                            "export.judge_model=HUB_ID")
+        data[key[7:]] = value or None
+    try:
+        return ExportConfig.model_validate(data).model_dump()
+    except ValidationError as e:
+        raise UserError(f"{run_dir / 'config.yaml'}: export: {e.errors()[0]['msg']}") from None
+
+
+def _judge(judge: dict, hub_id: str | None) -> dict:
+    """judge-report.json as the card shows it: the judge, its identity and its rubric file by name, never path."""
+    out = {**judge, "judge_model": hub_id or readable(judge.get("judge_model"))}
+    if isinstance(judge.get("identity"), dict):
+        out["identity"] = {**judge["identity"], "model": readable(judge["identity"].get("model"))}
+    src = (judge.get("rubric") or {}).get("source")
+    if src and src not in ("inline", "default", "principles"):
+        out["rubric"] = {**judge["rubric"], "source": Path(src).name}  # a rubric file: its name
+    out["judge_is_folder"] = not hub_id and judge.get("backend") in ("local", "reward_model")
+    return out
+
+
+def _name_base(folder: Path, base: str | None) -> bool:
+    """The exported adapter_config.json (or merged config.json) names the base model `base`, not the local
+    path PEFT wrote; a new file (write_json renames over it), so the run's hard-linked original is untouched."""
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
+        cfg = _load(folder / name)
+        if base and isinstance(cfg.get(key), str) and cfg[key] != base and readable(cfg[key]) != cfg[key]:
+            write_json(folder / name, {**cfg, key: base})
+            return True
+    return False
 
 
 def pick_round(run_dir: Path, k: int | None) -> Path:
@@ -118,12 +179,16 @@ def _adapter(rdir: Path, tmp: Path, info: dict) -> dict:
     if not (train / "adapter" / "adapter_config.json").exists():
         raise UserError(f"{train / 'adapter'}: no adapter_config.json although train.manifest.json exists; "
                         "the adapter folder was changed after training")
+    info = {**info, "base_model": info["base_model"] or readable(manifest.get("base_model")),
+            "base_is_hub": bool(info["base_model"])}
     _copy_model(train / "adapter", tmp / "adapter")
-    write_text(tmp / "adapter" / "README.md", cards.model_card(info, manifest, "adapter"))
+    renamed = _name_base(tmp / "adapter", info["base_model"])
+    write_text(tmp / "adapter" / "README.md", cards.model_card({**info, "renamed": renamed}, manifest, "adapter"))
     out = {"adapter": "adapter", "merged": None}
     if (train / "merged" / "config.json").exists():
         _copy_model(train / "merged", tmp / "merged")
-        write_text(tmp / "merged" / "README.md", cards.model_card(info, manifest, "merged"))
+        renamed = _name_base(tmp / "merged", info["base_model"])
+        write_text(tmp / "merged" / "README.md", cards.model_card({**info, "renamed": renamed}, manifest, "merged"))
         out["merged"] = "merged"
     return out
 
@@ -182,7 +247,7 @@ def _recover(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
+def export(run_dir: Path, out: Path, k: int | None = None, overrides: list[str] = ()) -> Path:
     out = Path(out)
     if out.parent.is_dir():
         _recover(out)  # first, so even a refused export puts back what a killed one set aside
@@ -191,10 +256,11 @@ def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
     if pairs.is_empty():
         raise UserError(f"{rdir / 'pairs.parquet'}: no kept pairs to export (pairs.card.json says what each "
                         "filter removed)")
-    judge = _load(rdir / "judge-report.json")
-    info = {"run_dir": str(run_dir), "run": Path(run_dir).resolve().name, "round": int(rdir.name.split("-")[1]),
-            "card": _load(rdir / "pairs.card.json"), "judge": judge, "lengths": cards.lengths(pairs),
-            "calibration": _calibration(Path(run_dir), judge.get("judge_id")), "pairs": pairs.height}
+    judge, hub = _load(rdir / "judge-report.json"), names(Path(run_dir), overrides)
+    info = {"run": Path(run_dir).resolve().name, "round": int(rdir.name.split("-")[1]),
+            "card": _load(rdir / "pairs.card.json"), "judge": _judge(judge, hub["judge_model"]),
+            "lengths": cards.lengths(pairs), "calibration": _calibration(Path(run_dir), judge.get("judge_id")),
+            "pairs": pairs.height, "base_model": hub["base_model"]}
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +270,7 @@ def export(run_dir: Path, out: Path, k: int | None = None) -> Path:
         _dataset(pairs, tmp / "dataset")
         write_text(tmp / "dataset" / "README.md", cards.dataset_card(info))
         models = _adapter(rdir, tmp, info)
-        write_json(tmp / "export.json", {"stage": "export", "run_dir": str(run_dir), "round": info["round"],
+        write_json(tmp / "export.json", {"stage": "export", "run": info["run"], "round": info["round"],
                                          "pairs": pairs.height, "dataset": "dataset", **models})
         _replace(tmp, out)
     finally:

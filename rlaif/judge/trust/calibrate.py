@@ -10,6 +10,13 @@ RUN_DIR/calibration/calibration.json, and the same under judge-ID-TEMPLATE.json,
 `judge.min_agreement` reads: `rlaif judge` refuses to start when this judge's latest calibration
 is below it, or when there is none.
 
+Also writes RUN_DIR/calibration/disagreements.jsonl (report.html and the review page show it): one
+object per gold pair whose judge label differs from the human's, in gold order, with exactly the fields
+prompt_id, messages, response_a, response_b, human (a|b|tie), judge (a|b|tie, or inconsistent|invalid:
+no label, as in calibration.json's confusion) and rationale: the judge's explanation when judge.explain is
+on, else null. Pairwise asks both orders; the rationale given is the first order's (response_a shown
+first). Modes that judge each response alone give each one's, as "A: ...\nB: ..." (checklist items joined).
+
 Definitions (also written into calibration.json):
 - the judge's label of a pair is the filter's (rlaif/judge/pairs/filter.py `compare`): a or b when both
   orders name the same winner, tie when both say tie (or the texts are identical: never sent);
@@ -33,13 +40,14 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
-from rlaif.io import JUDGMENTS_SCHEMA, stable_id, write_json
+from rlaif.io import JUDGMENTS_SCHEMA, stable_id, write_json, write_text
 from rlaif.judge.pairs.compare import checklist_weights, compare
 from rlaif.judge.trust.gold import HUMAN, read_gold
 from rlaif.judge.trust.audit import position_stats
 from rlaif.judge.session import JudgeSession, same_text
 
 FILENAME = "calibration.json"
+DISAGREEMENTS = "disagreements.jsonl"
 DEFINITIONS = {
     "agreement": "share of gold pairs where the judge's both-order label (a, b or tie) equals the human's; "
                  "an order-inconsistent or invalid judge outcome counts as a disagreement",
@@ -97,6 +105,27 @@ def judge_labels(gold: pl.DataFrame, judgments: pl.DataFrame, identical: set[int
             label = r["outcome"] if r["outcome"] != "label" else "a" if r["chosen_id"].endswith("-a") else "b"
             out[r["prompt_id"]] = label
     return ["tie" if row in identical else out.get(_ids(row)[0], "invalid") for row in gold["row"]]
+
+
+def _rationale(judgments: pl.DataFrame, row: int, pairwise: bool) -> str | None:
+    """The judge's explanation of one gold row: the first order's (ab) in pairwise mode, else each side's."""
+    mine = judgments.filter((pl.col("prompt_id") == _ids(row)[0]) & pl.col("rationale").is_not_null()
+                            & (pl.col("rationale") != ""))
+    if pairwise:
+        first = mine.filter(pl.col("order") == "ab")["rationale"].to_list()
+        return first[0] if first else None
+    parts = [f"{slot}: {text}" for slot, cid in (("A", _ids(row)[1]), ("B", _ids(row)[2]))
+             for text in mine.filter(pl.col("a_id") == cid).sort("item", nulls_last=True)["rationale"].to_list()]
+    return "\n".join(parts) or None
+
+
+def disagreements(gold: pl.DataFrame, labels: list[str], judgments: pl.DataFrame, explain: bool,
+                  pairwise: bool) -> list[dict]:
+    """The gold rows where the judge's label is not the human's, with what a reader needs to see why."""
+    return [{"prompt_id": r["prompt_id"], "messages": r["messages"], "response_a": r["response_a"],
+             "response_b": r["response_b"], "human": r["human"], "judge": label,
+             "rationale": _rationale(judgments, r["row"], pairwise) if explain else None}
+            for r, label in zip(gold.iter_rows(named=True), labels) if label != r["human"]]
 
 
 def cohen_kappa(human: list[str], judge: list[str]) -> float | None:
@@ -207,6 +236,8 @@ def run(cfg) -> Path:
                            "id": stable_id(gold.drop("where").to_dicts())},
                   "definitions": DEFINITIONS, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "wall_s": round(time.perf_counter() - t0, 3)}
+    rows = disagreements(gold, labels, judgments, cfg.judge.explain, kind == "pairwise")
+    write_text(out / DISAGREEMENTS, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in rows))
     write_json(judge_file(out, js.judge_id, version), result)
     path = write_json(out / FILENAME, result)  # the latest of any judge: what report.md shows
     print_summary(result)
