@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 from rlaif.errors import UserError
-from rlaif.io import stable_id, write_json
+from rlaif.io import json_object, stable_id, write_json
 
 STAGES = ("generate", "judge", "filter", "train", "evaluate")
 # The file each stage writes last: its existence means the stage finished.
@@ -197,11 +196,7 @@ def made_from(cfg, k: int | None = None, stage: str = "generate", memo: dict | N
 
 
 def _read(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
+    return json_object(path) or None
 
 
 def recorded(cfg, k: int, stage: str) -> dict | None:

@@ -22,9 +22,9 @@ import yaml
 from rlaif.errors import UserError
 from rlaif.evaluate.metrics import bootstrap_ci
 # report.py's readers and formatters, so a cell reads the same here as in report.md
-from rlaif.evaluate.report import (_ci, _finish, _get, _isnum, _lc_cell, _load, _num, _pct, _read_round, _rounds,
+from rlaif.evaluate.report import (_ci, _finish, _get, _isnum, _lc_cell, _num, _pct, _read_round, _rounds,
                                    headline)
-from rlaif.io import write_text
+from rlaif.io import json_object, write_text
 
 DEFAULT_OUT = "compare"
 COLUMNS = ("round", "run", "win rate (95% CI)", "LC win rate", "checks policy (SFT)", "mean tokens policy / SFT",
@@ -39,7 +39,7 @@ def read_run(run_dir: Path) -> dict:
         raise UserError(f"{run_dir}: no such run folder")
     rounds = [_read_round(k, p) for k, p in _rounds(run_dir)]
     for r in rounds:  # judge.manifest.json: the judge stage's calls and wall time, written when it finished
-        r["judge_manifest"] = _load(r["dir"] / "judge.manifest.json")
+        r["judge_manifest"] = json_object(r["dir"] / "judge.manifest.json")
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):

@@ -3,7 +3,6 @@ PNG plots beside it. Reads only files the stages wrote; a missing or unreadable 
 never a crash, because the report is most wanted exactly when a run is half done or broken."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -14,19 +13,11 @@ from rlaif.evaluate import checks, curves
 from rlaif.review.labels import report_lines as human_label_lines
 from rlaif.evaluate.metrics import length_hacking
 from rlaif.evaluate.pair_sources import lines as pair_source_lines
-from rlaif.io import atomic_write, write_text
+from rlaif.io import atomic_write, json_object, write_text
 from rlaif.stats import length_feature, logistic_fit
 
 COLUMNS = ("round", "pairs kept", "top filter removals", "judge consistency", "longer wins", "win rate (95% CI)",
            "LC win rate", "mean tokens policy / SFT", "judge USD", "wall s generate / judge / train / eval")
-
-
-def _load(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _get(d: dict, *keys):
@@ -60,10 +51,10 @@ def _rounds(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def _read_round(k: int, rdir: Path) -> dict:
-    return {"round": k, "dir": rdir, "card": _load(rdir / "pairs.card.json"),
-            "judge": _load(rdir / "judge-report.json"),
-            "gen": _load(rdir / "candidates.manifest.json"), "train": _load(rdir / "train" / "train.manifest.json"),
-            "eval": _load(rdir / "eval" / "eval.json")}
+    return {"round": k, "dir": rdir, "card": json_object(rdir / "pairs.card.json"),
+            "judge": json_object(rdir / "judge-report.json"),
+            "gen": json_object(rdir / "candidates.manifest.json"), "train": json_object(rdir / "train" / "train.manifest.json"),
+            "eval": json_object(rdir / "eval" / "eval.json")}
 
 
 def _removals(card: dict, top: int = 2) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlaif.io import write_text
+from rlaif.io import json_object, write_text
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 N_EXAMPLES = 3
@@ -35,14 +35,6 @@ padding-top:.5em}img{max-width:100%}.plots{display:flex;flex-wrap:wrap;gap:1em}f
 
 def _e(x) -> str:
     return escape("-" if x is None else str(x), quote=True)
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _parquet(path: Path) -> pl.DataFrame | None:
@@ -112,8 +104,8 @@ def costs(run_dir: Path) -> list[dict]:
     ev = [r for r in rows.values() if r[1] not in REVISE_KINDS and r[0] in eval_keys]
     judge = [r for r in rows.values() if r[1] not in REVISE_KINDS and r[0] not in eval_keys]
     cal = run_dir / "calibration" / "judge-ledger.sqlite"
-    gen = [_load_json(d / "candidates.manifest.json") for d in rdirs]
-    ans = [_load_json(p) for p in [run_dir / "eval-sft" / "candidates.manifest.json",
+    gen = [json_object(d / "candidates.manifest.json") for d in rdirs]
+    ans = [json_object(p) for p in [run_dir / "eval-sft" / "candidates.manifest.json",
                                    *(d / "eval" / "answers" / "candidates.manifest.json" for d in rdirs)]]
 
     def sampled(ms: list[dict]) -> int:
@@ -250,7 +242,7 @@ def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _calibration(run_dir: Path) -> str:
-    cal = _load_json(run_dir / "calibration" / "calibration.json")
+    cal = json_object(run_dir / "calibration" / "calibration.json")
     if not cal:
         return ""
     a, n = cal.get("agreement"), cal.get("n")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import re
 import shutil
@@ -36,21 +35,13 @@ import polars as pl
 import yaml
 
 from rlaif.errors import UserError
-from rlaif.io import PAIRS_SCHEMA, UMASK, read_parquet_checked, write_json, write_text
+from rlaif.io import PAIRS_SCHEMA, UMASK, json_object, read_parquet_checked, write_json, write_text
 from rlaif.procs import alive
 from rlaif.train import cards
 
 RLAIF_COLUMNS = ("prompt_id", "chosen_id", "rejected_id", "margin", "consistent", "chosen_tokens", "rejected_tokens",
                  "round")
 SKIP = {"training_args.bin", "README.md"}  # a pickle (never shared), and PEFT's stub card (ours replaces it)
-
-
-def _load(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-        return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def readable(name: str | None) -> str | None:
@@ -100,7 +91,7 @@ def _name_base(folder: Path, base: str | None) -> bool:
     """The exported adapter_config.json (or merged config.json) names the base model `base`, not the local
     path PEFT wrote; a new file (write_json renames over it), so the run's hard-linked original is untouched."""
     for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
-        cfg = _load(folder / name)
+        cfg = json_object(folder / name)
         if base and isinstance(cfg.get(key), str) and cfg[key] != base and readable(cfg[key]) != cfg[key]:
             write_json(folder / name, {**cfg, key: base})
             return True
@@ -161,7 +152,7 @@ def _calibration(run_dir: Path, judge_id: str | None) -> dict | None:
     """This judge's latest calibration (rlaif calibrate), else the latest of any judge, marked as such."""
     folder = run_dir / "calibration"
     mine = sorted(folder.glob(f"judge-{judge_id}-*.json"), key=lambda p: p.stat().st_mtime) if judge_id else []
-    cal = _load(mine[-1]) if mine else _load(folder / "calibration.json")
+    cal = json_object(mine[-1]) if mine else json_object(folder / "calibration.json")
     if not cal:
         return None
     keys = ("n", "agreement", "cohen_kappa", "position_consistency", "judge_longer_wins_rate",
@@ -172,7 +163,7 @@ def _calibration(run_dir: Path, judge_id: str | None) -> dict | None:
 def _adapter(rdir: Path, tmp: Path, info: dict) -> dict:
     """Copy the round's adapter (and merged model) with model cards; why not, when not."""
     train = rdir / "train"
-    manifest = _load(train / "train.manifest.json")
+    manifest = json_object(train / "train.manifest.json")
     if not manifest:
         return {"adapter": None, "why": f"{train / 'train.manifest.json'} missing: round {info['round']} has no "
                                         "finished training, so no adapter is exported"}
@@ -256,9 +247,9 @@ def export(run_dir: Path, out: Path, k: int | None = None, overrides: list[str] 
     if pairs.is_empty():
         raise UserError(f"{rdir / 'pairs.parquet'}: no kept pairs to export (pairs.card.json says what each "
                         "filter removed)")
-    judge, hub = _load(rdir / "judge-report.json"), names(Path(run_dir), overrides)
+    judge, hub = json_object(rdir / "judge-report.json"), names(Path(run_dir), overrides)
     info = {"run": Path(run_dir).resolve().name, "round": int(rdir.name.split("-")[1]),
-            "card": _load(rdir / "pairs.card.json"), "judge": _judge(judge, hub["judge_model"]),
+            "card": json_object(rdir / "pairs.card.json"), "judge": _judge(judge, hub["judge_model"]),
             "lengths": cards.lengths(pairs), "calibration": _calibration(Path(run_dir), judge.get("judge_id")),
             "pairs": pairs.height, "base_model": hub["base_model"]}
     if out.exists() and not out.is_dir():
