@@ -182,3 +182,29 @@ def test_a_fork_reuses_valid_stages_and_leaves_its_base_alone(base, tmp_path, ti
     assert files(base) == before, "the base run was changed by the fork"
     again = rlaif_cli(*_args(fork, tiny_model, "train.loss_type=ipo"), "--from", str(base))
     assert again.returncode == 0 and "already; nothing to do" in again.stdout, again.stdout
+
+
+def _candidates(run_dir) -> pl.DataFrame:
+    return pl.read_parquet(sorted((run_dir / "round-0" / "candidates").glob("part-*.parquet"))).sort("candidate_id")
+
+
+def test_a_stale_generate_keeps_the_shards_whose_prompts_seeds_and_settings_did_not_change(tmp_path, tiny_model):
+    """One prompt of four edited: the three shards holding the others are kept (linked from the stale
+    run), one is sampled again, and the round equals a fresh run on the edited file."""
+    lines = [json.loads(x) for x in (ROOT / "tests/assets/prompts.jsonl").read_text().splitlines()[:4]]
+    first, edited = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    lines[1] = {**lines[1], "prompt": lines[1]["prompt"] + " Answer in one word."}
+    edited.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    common = ["generate", "configs/quickstart.yaml", f"model={tiny_model}", "generate.shard_size=1",
+              "generate.max_tokens=8", "generate.n=2", "generate.temperature=1.0"]
+    run = tmp_path / "run"
+    assert rlaif_cli(*common, f"run_dir={run}", f"prompts={first}").returncode == 0
+    res = rlaif_cli(*common, f"run_dir={run}", f"prompts={edited}")
+    assert res.returncode == 0 and "stale (prompts changed" in res.stdout, res.stdout + res.stderr
+    assert "generate: 3 of 4 shards kept from the stale run" in res.stdout, res.stdout
+    m = json.loads((run / "round-0" / "candidates.manifest.json").read_text())
+    assert m["counts"]["shards_generated_this_run"] == 1
+    fresh = tmp_path / "fresh"
+    assert rlaif_cli(*common, f"run_dir={fresh}", f"prompts={edited}").returncode == 0
+    assert _candidates(run).equals(_candidates(fresh))

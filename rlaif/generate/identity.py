@@ -41,6 +41,19 @@ def fingerprint(cfg: RunConfig, prompts: pl.DataFrame, model_path: str, tag: str
     return stable_id(fingerprint_inputs(cfg, prompts, model_path, tag))
 
 
+def rows_fingerprint(cfg: RunConfig, model_path: str, tag: str | None = None) -> str:
+    """What a shard's rows depend on besides which prompts it holds: a shard with the same prompts, in
+    the same order, under the same rows fingerprint holds the same rows (each prompt, or the
+    transformers backend's shard, is seeded from (seed, round, prompt_id) of its own prompts). Which
+    prompts the round has (max_prompts, the prompts file) and how they are cut (shard_size) are left
+    out; the model and adapter paths enter too, as the rows name them."""
+    what = fingerprint_inputs(cfg, pl.DataFrame(), model_path, tag)
+    what.pop("prompts")
+    what["generate"] = {k: v for k, v in what["generate"].items() if k not in ("max_prompts", "shard_size")}
+    what["paths"] = [cfg.generate.model or cfg.model, cfg.generate.adapter]
+    return stable_id(what)
+
+
 def _dtype(backend: str, dtype: str) -> str:
     """transformers' "auto" is bf16 on CUDA and fp32 on CPU: the rows differ, so the resolved one enters."""
     if backend != "transformers" or dtype != "auto":

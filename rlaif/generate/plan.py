@@ -14,7 +14,7 @@ import polars as pl
 
 from rlaif.config import RunConfig
 from rlaif.errors import UserError
-from rlaif.generate.identity import fingerprint
+from rlaif.generate.identity import fingerprint, rows_fingerprint
 from rlaif.io import stable_id, write_json
 
 MANIFEST = "candidates.manifest.json"
@@ -59,7 +59,8 @@ def done(rdir: Path, fp: str) -> bool:
     return True
 
 
-def make_plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str) -> tuple[dict, dict[str, list[int]]]:
+def make_plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str,
+              tag: str | None = None) -> tuple[dict, dict[str, list[int]]]:
     """(the plan as saved, each kept prompt's token ids)."""
     g = cfg.generate
     tok, context = tokenizer(model)
@@ -70,9 +71,16 @@ def make_plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str) -> tup
         (keep if len(toks) <= limit else skipped).append((pid, toks))
     keep.sort(key=lambda x: (-len(x[1]), x[0]))  # longest first: OOM shows up at once, padding stays low
     shards = [keep[i:i + g.shard_size] for i in range(0, len(keep), g.shard_size)]
+    chats = dict(zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()))
     plan = {"fingerprint": fp, "shards": [[pid for pid, _ in s] for s in shards], "prompt_limit_tokens": limit,
-            "skipped_too_long": [pid for pid, _ in skipped]}
+            "skipped_too_long": [pid for pid, _ in skipped],
+            # what lets a rerun under a changed prompts file keep the shards whose rows cannot change
+            "rows_fingerprint": rows_fingerprint(cfg, model, tag),
+            "shard_ids": [stable_id([[pid, chats[pid]] for pid, _ in s]) for s in shards]}
     return plan, dict(keep)
+
+
+CORE = ("fingerprint", "shards", "prompt_limit_tokens", "skipped_too_long")  # what decides the rows of a plan
 
 
 def save_or_check(out: Path, plan: dict) -> None:
@@ -93,6 +101,9 @@ def save_or_check(out: Path, plan: dict) -> None:
             old = {}
         if old == plan:
             return
+        if shards and all(old.get(k) == plan[k] for k in CORE):  # a plan saved before rows_fingerprint existed
+            write_json(path, plan)
+            return
         if shards:
             if old.get("fingerprint") != plan["fingerprint"]:
                 raise UserError(f"{out}: holds shards from a different model/adapter/prompts/sampling config; "
@@ -106,6 +117,34 @@ def save_or_check(out: Path, plan: dict) -> None:
 
 def load(out: Path) -> dict:
     return json.loads((out / "plan.json").read_text())
+
+
+def reuse_shards(rdir: Path, out: Path, plan: dict) -> int:
+    """Link into `out` the shards of this plan that a stale run of this round (rdir/stale/generate-*,
+    newest first) already holds: the same prompts in the same order under the same rows fingerprint,
+    so the same rows an uninterrupted run would sample. Returns how many were reused."""
+    import os
+
+    from rlaif.generate.sample import shard_path
+
+    reused = 0
+    for old_dir in sorted(rdir.glob("stale/generate-*/candidates"), reverse=True):
+        try:
+            old = json.loads((old_dir / "plan.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if old.get("rows_fingerprint") != plan["rows_fingerprint"]:
+            continue
+        where = {sid: j for j, sid in enumerate(old.get("shard_ids", []))}
+        for i, sid in enumerate(plan["shard_ids"]):
+            src, dst = shard_path(old_dir, where.get(sid, -1)), shard_path(out, i)
+            if sid in where and src.exists() and not dst.exists():
+                try:
+                    os.link(src, dst)  # atomic: the shard is whole or absent
+                except FileExistsError:
+                    continue  # another worker linked it first
+                reused += 1
+    return reused
 
 
 __all__ = ["MANIFEST", "done", "fingerprint", "load", "make_plan", "prompt_seed", "render", "save_or_check",

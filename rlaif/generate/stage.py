@@ -21,7 +21,7 @@ from rlaif.config import RunConfig
 from rlaif.errors import UserError
 from rlaif.generate.identity import check_adapter, fingerprint
 from rlaif.generate.manifest import write_manifest
-from rlaif.generate.plan import MANIFEST, done, make_plan, render, save_or_check
+from rlaif.generate.plan import MANIFEST, done, make_plan, render, reuse_shards, save_or_check
 from rlaif.generate.sample import missing, sample_missing
 from rlaif.generate.spawn import WorkerFailed, parse_worker, run_workers
 from rlaif.io import read_prompts
@@ -43,7 +43,10 @@ def run(cfg: RunConfig) -> Path:
         print(f"generate: {rdir / MANIFEST} exists; stage already done")
         return rdir / MANIFEST
     out = rdir / "candidates"
-    plan, tokens = _plan(cfg, prompts, model, fp, out)
+    plan, tokens = _plan(cfg, prompts, model, fp, out, tag)
+    if (reused := reuse_shards(rdir, out, plan)):
+        print(f"generate: {reused} of {len(plan['shards'])} shards kept from the stale run in {rdir / 'stale'} "
+              "(the same prompts, seeds and settings)")
     if g.data_parallel_size > 1:
         run_workers(cfg, out, worker)
     else:
@@ -73,7 +76,7 @@ def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag:
         print(f"{desc}: {rdir / MANIFEST} exists; stage already done")
         return rdir / MANIFEST
     out = rdir / "candidates"
-    plan, tokens = _plan(cfg, prompts, model, fp, out)
+    plan, tokens = _plan(cfg, prompts, model, fp, out, tag)
     sample_missing(cfg, model, _chats(prompts), plan, tokens, out, tag=tag, desc=desc)
     return write_manifest(cfg, model, out)
 
@@ -111,11 +114,11 @@ def _identity(cfg: RunConfig, prompts: pl.DataFrame, tag: str) -> tuple[str, str
     return model, fingerprint(cfg, prompts, model, tag)
 
 
-def _plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str, out: Path) -> tuple[dict, dict]:
+def _plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str, out: Path, tag: str) -> tuple[dict, dict]:
     g = cfg.generate
     if g.temperature == 0 and g.n > 1:
         print(f"generate: warning: temperature=0 (greedy) with n={g.n} gives {g.n} identical responses per prompt")
-    plan, tokens = make_plan(cfg, prompts, model, fp)
+    plan, tokens = make_plan(cfg, prompts, model, fp, tag)
     save_or_check(out, plan)
     return plan, tokens
 
