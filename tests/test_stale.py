@@ -182,6 +182,35 @@ def test_a_fork_reuses_valid_stages_and_leaves_its_base_alone(base, tmp_path, ti
     assert files(base) == before, "the base run was changed by the fork"
     again = rlaif_cli(*_args(fork, tiny_model, "train.loss_type=ipo"), "--from", str(base))
     assert again.returncode == 0 and "already; nothing to do" in again.stdout, again.stdout
+    # the two side by side: the one key that differs, the same SFT answers, both rounds' figures
+    res = rlaif_cli("compare", str(base), str(fork), "--out", str(tmp_path / "cmp"))
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "train.loss_type" in text and "ipo" in text and "train.beta" not in text, text
+    assert "no common baseline" not in text, text  # the fork shares the base's held-out SFT answers
+    assert files(base) == before
+
+
+def test_a_judge_model_counts_by_content(base, tmp_path, tiny_model):
+    """The local judge's model enters by what its folder holds: the same weights elsewhere rerun
+    nothing; changed weights make the judge, and everything after it, stale."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run_dir = _copy(base, tmp_path)
+    judge = tmp_path / "judge-model"
+    shutil.copytree(tiny_model, judge)
+    res = rlaif_cli(*_args(run_dir, tiny_model, f"judge.model={judge}"))
+    assert res.returncode == 0 and ran(res.stdout) == set(), res.stdout + res.stderr
+    weights = judge / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01 * torch.ones_like(tensors[name])
+    save_file(tensors, weights, metadata={"format": "pt"})
+    res = rlaif_cli(*_args(run_dir, tiny_model, f"judge.model={judge}"), timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "run: round 0 judge: stale (judge.model changed" in res.stdout and \
+        ran(res.stdout) == {"judge", "train", "evaluate"}, res.stdout
 
 
 def _candidates(run_dir) -> pl.DataFrame:
