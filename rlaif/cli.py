@@ -389,7 +389,7 @@ def _inputs_exist(name: str, cfg) -> None:
     files = {"generate": [("prompts", cfg.prompts)], "evaluate": [("evaluate.prompts", cfg.evaluate.prompts)]}
     for key, value in files.get(name, []):
         if value and not Path(value).expanduser().exists():
-            raise UserError(f"{key}: {value}: no such file or folder")
+            raise UserError(f"{value}: prompts file not found ({key})")  # rlaif.io.read_prompts' words
 
 
 def _lock(name: str, cfg):

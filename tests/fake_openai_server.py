@@ -180,6 +180,10 @@ class State:
                               "reasoning", "reasoning_tokens"}
         if unknown:
             raise BadControl(f"unknown control keys {sorted(unknown)}")
+        if cmd.get("reset"):  # let replies already sent finish their accounting (ok counts after sending):
+            deadline = time.monotonic() + 2.0  # a client that got its reply may reset before the handler counted it
+            while self.in_flight and time.monotonic() < deadline:
+                time.sleep(0.002)
         with self.lock:
             if "policy" in cmd:
                 self.policy = check_policy(str(cmd["policy"]))

@@ -65,7 +65,7 @@ def test_data_parallel_2_equals_single_process(tmp_path, tiny_model, single):
     saved = load_config(tmp_path / "config.yaml")  # the parent's config; the children did not rewrite it
     assert saved.generate.data_parallel_size == 2 and saved.generate.worker is None
     again = rlaif_cli(*_args(tmp_path, tiny_model, "generate.data_parallel_size=2"))
-    assert again.returncode == 0 and "stage already done" in again.stdout
+    assert again.returncode == 0 and "up to date (made from this config)" in again.stdout
 
 
 def test_two_workers_by_hand_then_manifest(tmp_path, tiny_model, single):
@@ -85,7 +85,7 @@ def test_two_workers_by_hand_then_manifest(tmp_path, tiny_model, single):
 
     # a plain run afterwards: nothing to sample, the stage is done
     plain = rlaif_cli(*_args(tmp_path, tiny_model))
-    assert plain.returncode == 0 and "stage already done" in plain.stdout
+    assert plain.returncode == 0 and "up to date (made from this config)" in plain.stdout
 
 
 def test_plain_generate_after_workers_writes_the_manifest_without_a_model(tmp_path, tiny_model, monkeypatch):
