@@ -125,7 +125,8 @@ def reuse_shards(rdir: Path, out: Path, plan: dict) -> int:
     so the same rows an uninterrupted run would sample. Returns how many were reused."""
     import os
 
-    from rlaif.generate.sample import shard_path
+    def shard_path(folder: Path, i: int) -> Path:  # rlaif.generate.sample.shard_path (which imports this file)
+        return folder / f"part-{i:05d}.parquet"
 
     reused = 0
     for old_dir in sorted(rdir.glob("stale/generate-*/candidates"), reverse=True):
