@@ -368,9 +368,7 @@ def _freshness(name: str, cfg, resume: bool) -> str | None:
     if name == "train" and not resume and st in ("done", "started"):
         st, why = "stale", "--no-resume"
     if st == "stale":
-        dest = None
-        for stage in (name, "filter") if name == "judge" else (name,):
-            dest = FP.move_aside(cfg, k, stage) or dest
+        dest = FP.move_aside(cfg, k, name)
         print(f"rlaif {name}: round {k}: stale ({why}); rerunning" + (f"; the old outputs are in {dest}" if dest else ""))
     elif st == "done" and name in ("generate", "train", "evaluate"):
         return f"rlaif {name}: round {k}: up to date (made from this config); nothing to do -> {cfg.round_dir(k)}"

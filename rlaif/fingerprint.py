@@ -264,8 +264,16 @@ def stamp(cfg, stage: str) -> dict:
 
 
 def move_aside(cfg, k: int, stage: str) -> Path | None:
-    """Move a stale stage's outputs to round-K/stale/STAGE-<time>/ (kept, never mixed with fresh ones)."""
+    """Move a stale stage's outputs to round-K/stale/STAGE-<time>/ (kept, never mixed with fresh ones).
+    The judge stage ends by running the filter, so a stale judge takes the filter's outputs along
+    (to stale/filter-<time>/). Returns the stage's own folder there, or None when it had no outputs."""
     rdir = cfg.round_dir(k)
+    if stage == "judge":
+        _move_outputs(rdir, "filter")
+    return _move_outputs(rdir, stage)
+
+
+def _move_outputs(rdir: Path, stage: str) -> Path | None:
     present = [p for p in OUTPUTS[stage] if (rdir / p).exists()]
     if not present:
         return None

@@ -146,8 +146,7 @@ def run(cfg: RunConfig, from_run: str | None = None) -> Path:
                 order = [s for s in FP.STAGES if s in todo or s == "filter"]
                 print(f"run: round {k} {cmd}: stale ({why}); rerunning; downstream: {FP.downstream(cfg, k, cmd, order)}",
                       flush=True)
-                for s in (cmd, "filter") if cmd == "judge" else (cmd,):
-                    FP.move_aside(cfg, k, s)
+                FP.move_aside(cfg, k, cmd)
             print(f"run: round {k} {cmd} ...", flush=True)
             code = run_child(stage_command(cmd, config, stage_overrides(cfg, k, cmd)), env)  # dies with this process
             if code != 0:
