@@ -47,7 +47,7 @@ NOT_OUTPUT = {
     # how calls are sent, paced, priced and capped; the ledger's place; the model and endpoint enter
     # as the judge's identity (rlaif/judge/identity.py), the key's variable name never matters
     "judge": {"concurrency", "batch_size", "timeout_s", "max_retries", "max_backoff_s", "max_cost_usd", "max_calls",
-              "prices", "ledger", "rpm", "tpm", "mode_api", "batch_discount", "batch_max_requests", "batch_max_bytes",
+              "prices", "ledger", "rpm", "tpm", "mode_api", "batch_discount", "batch_max_requests", "batch_max_bytes", "batch_max_enqueued_tokens",
               "batch_poll_s", "batch_max_poll_s", "batch_completion_window", "batch_fallback_live", "api_key_env",
               "min_agreement", "model", "base_url", "identity"},
     "train": {"save_steps", "report_to"},
