@@ -1,6 +1,7 @@
 """A scripted OpenAI Batch API server for tests (standard library only).
 
-    python tests/fake_batch_server.py --port 0 [--seed 0] [--policy hash]   (key: $FAKE_OPENAI_API_KEY)
+    python tests/fake_batch_server.py --port 0 [--seed 0] [--policy hash] [--max-requests N]
+        [--max-bytes N] [--max-enqueued-tokens N]                     (key: $FAKE_OPENAI_API_KEY)
 
 Prints ``PORT <n>`` first. Verdicts come from fake_openai_server's scripted judge, so a batch and
 a live run give the same answers. Shapes follow the Batch API reference
@@ -13,16 +14,27 @@ Endpoints
   GET  /v1/batches/{id}               the batch; each retrieve advances it one step:
                                       validating -> in_progress (x polls_in_progress) -> outcome
   GET  /v1/batches?limit=&after=      newest first, cursor pagination
+  GET  /v1/models                     fake_openai_server's models (rlaif check's free request)
   POST /v1/chat/completions           live calls (for the fallback of expired items)
   POST /_control  {"outcome": "completed"|"expired"|"failed", "polls_in_progress": int,
                    "expire_share": float (share of items left unfinished by "expired"),
                    "item_error_share": float (share answered with HTTP 500 in the error file),
                    "hang": {"at": "upload"|"create"|"retrieve"|"content", "seconds": s} | null,
+                   "max_requests" | "max_bytes" | "max_enqueued_tokens": int | null,
                    "reset": true}
+       Limits are checked when a batch leaves "validating", as the real API does: over one, the
+       batch is "failed" with errors {"object": "list", "data": [{code, message, line, param}]}.
+       Enqueued tokens (the real limit is per model, over every batch queued and in progress):
+       this batch's prompt tokens (characters / 4, as replies bill them) plus those of the batches
+       in progress; over it -> code "token_limit_exceeded" ("Enqueued token limit reached for ...",
+       the wording users report from api.openai.com; Azure uses the same code). Over max_requests or
+       max_bytes -> code "invalid_request" (this fake's choice; the byte message is the real one).
        A hang at "upload"/"create" happens AFTER the file/batch is stored: the client dies not
        knowing the id, which is the case idempotent submission must survive.
   GET  /_stats  {"uploads", "batches_created", "retrieves", "downloads", "live_calls",
-                 "submitted": {custom_id: times it entered a created batch}, "hung": {at: count}}
+                 "submitted": {custom_id: times it entered a created batch}, "hung": {at: count},
+                 "rejected": {code: batches failed at validation}, "max_enqueued_tokens": the most
+                 prompt tokens queued at once (validated batches in progress), "models": GETs of /v1/models}
 """
 from __future__ import annotations
 
@@ -38,11 +50,20 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fake_openai_server  # noqa: E402
 from fake_openai_server import BLOCK, State, error_body, text_of, verdict_completion  # noqa: E402
+
+MODELS = getattr(fake_openai_server, "MODELS", [fake_openai_server.MODEL])
+
+
+def prompt_tokens(line: dict) -> int:
+    """A request line's prompt tokens as the fake bills them (fake_openai_server.completion)."""
+    msgs = (line.get("body") or {}).get("messages") or []
+    return len("".join(text_of(m.get("content")) for m in msgs if isinstance(m, dict))) // 4
 
 
 class Batches:
-    def __init__(self, api_key: str | None, policy: str, seed: int) -> None:
+    def __init__(self, api_key: str | None, policy: str, seed: int, limits: dict | None = None) -> None:
         self.lock = threading.Lock()
         self.api_key = api_key
         self.judge_state = State(None, policy, seed, 0.0)
@@ -50,12 +71,37 @@ class Batches:
         self.batches: dict[str, dict] = {}
         self.order: list[str] = []
         self.settings = {"outcome": "completed", "polls_in_progress": 1, "expire_share": 0.5,
-                         "item_error_share": 0.0, "hang": None}
+                         "item_error_share": 0.0, "hang": None, "max_requests": None, "max_bytes": None,
+                         "max_enqueued_tokens": None, **(limits or {})}
         self.reset_stats()
 
     def reset_stats(self) -> None:
         self.stats = {"uploads": 0, "batches_created": 0, "retrieves": 0, "downloads": 0, "live_calls": 0,
-                      "submitted": Counter(), "hung": Counter()}
+                      "submitted": Counter(), "hung": Counter(), "rejected": Counter(), "max_enqueued_tokens": 0,
+                      "models": 0}
+
+    def validate(self, b: dict) -> None:
+        """validating -> in_progress, or failed when the batch passes a limit (under the lock)."""
+        s, f, now = self.settings, self.files[b["input_file_id"]], int(time.time())
+        queued = b["_tokens"] + sum(x["_tokens"] for x in self.batches.values() if x["status"] == "in_progress")
+        err = None
+        if s["max_requests"] is not None and b["_requests"] > s["max_requests"]:
+            err = ("invalid_request", f"The batch input file has {b['_requests']} requests, more than the "
+                   f"{s['max_requests']} maximum. Please try again with a smaller batch.")
+        elif s["max_bytes"] is not None and f["bytes"] > s["max_bytes"]:
+            err = ("invalid_request", f"The batch input file is larger than the {s['max_bytes']} maximum for the "
+                   f"{b['_model']} model. Please try again with a smaller batch.")
+        elif s["max_enqueued_tokens"] is not None and queued > s["max_enqueued_tokens"]:
+            err = ("token_limit_exceeded", f"Enqueued token limit reached for {b['_model']} in organization "
+                   f"org-fake. Limit: {s['max_enqueued_tokens']:,} enqueued tokens. Please try again once some "
+                   "in_progress batches have been completed.")
+        if err:
+            self.stats["rejected"][err[0]] += 1
+            b.update(status="failed", failed_at=now, errors={"object": "list", "data": [
+                {"code": err[0], "message": err[1], "line": None, "param": None}]})
+            return
+        b.update(status="in_progress", in_progress_at=now)
+        self.stats["max_enqueued_tokens"] = max(self.stats["max_enqueued_tokens"], queued)
 
     def answer(self, body: dict) -> dict:
         msgs = body.get("messages") or []
@@ -147,10 +193,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"status": "ok"})
         if self.path == "/_stats":
             with st.lock:
-                return self.send(200, {**{k: v for k, v in st.stats.items()},
-                                       "submitted": dict(st.stats["submitted"]), "hung": dict(st.stats["hung"])})
+                return self.send(200, {**{k: v for k, v in st.stats.items()}, "submitted": dict(st.stats["submitted"]),
+                                       "hung": dict(st.stats["hung"]), "rejected": dict(st.stats["rejected"])})
         if not self.authorized():
             return
+        if self.path.split("?", 1)[0].rstrip("/") == "/v1/models":
+            with st.lock:
+                st.stats["models"] += 1
+            return self.send(200, {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
+                                                              for m in MODELS]})
         if m := re.fullmatch(r"/v1/files/([\w-]+)/content", self.path):
             self.hang("content")
             with st.lock:
@@ -165,7 +216,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(404, error_body("no such batch", "invalid_request_error", None))
                 st.stats["retrieves"] += 1
                 if b["status"] == "validating":
-                    b.update(status="in_progress", in_progress_at=int(time.time()))
+                    st.validate(b)
                 elif b["status"] == "in_progress":
                     b["_polls"] += 1
                     if b["_polls"] > st.settings["polls_in_progress"]:
@@ -221,13 +272,16 @@ class Handler(BaseHTTPRequestHandler):
                      "input_file_id": f["id"], "completion_window": req["completion_window"], "status": "validating",
                      "output_file_id": None, "error_file_id": None, "created_at": now, "expires_at": now + 86400,
                      "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                     "metadata": req.get("metadata"), "_polls": 0}
+                     "metadata": req.get("metadata"), "_polls": 0, "_tokens": 0, "_requests": 0, "_model": None}
                 st.batches[bid] = b
                 st.order.append(bid)
                 st.stats["batches_created"] += 1
                 for ln in f["_data"].decode().splitlines():
                     if ln.strip():
-                        st.stats["submitted"][json.loads(ln)["custom_id"]] += 1
+                        line = json.loads(ln)
+                        st.stats["submitted"][line["custom_id"]] += 1
+                        b.update(_tokens=b["_tokens"] + prompt_tokens(line), _requests=b["_requests"] + 1,
+                                 _model=b["_model"] or (line.get("body") or {}).get("model"))
             self.hang("create")
             return self.send(200, public(b))
         if self.path == "/v1/chat/completions":
@@ -254,8 +308,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0)  # accepted for FakeJudgeServer's command line
     ap.add_argument("--policy", default="hash")
+    ap.add_argument("--max-requests", type=int, default=None)
+    ap.add_argument("--max-bytes", type=int, default=None)
+    ap.add_argument("--max-enqueued-tokens", type=int, default=None)
     args = ap.parse_args()
-    Handler.st = Batches(os.environ.get("FAKE_OPENAI_API_KEY") or None, args.policy, args.seed)
+    limits = {"max_requests": args.max_requests, "max_bytes": args.max_bytes,
+              "max_enqueued_tokens": args.max_enqueued_tokens}
+    Handler.st = Batches(os.environ.get("FAKE_OPENAI_API_KEY") or None, args.policy, args.seed, limits)
     httpd = Server(("127.0.0.1", args.port), Handler)
     print(f"PORT {httpd.server_address[1]}", flush=True)
     try:

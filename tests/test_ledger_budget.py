@@ -191,3 +191,34 @@ def test_ledger_totals_follow_every_write_and_older_ledgers(tmp_path):
     exact = sqlite3.connect(path).execute("SELECT COUNT(*), SUM(cost_usd) FROM calls WHERE status='done'").fetchone()
     assert exact == (4, 3.75) and led.spent() == (4, pytest.approx(3.75))
     led.close()
+
+
+def test_a_submitted_batch_holds_its_cost_past_its_process(tmp_path, monkeypatch):
+    """Issue 21: `rlaif judge --submit-only` exits with its batch in flight. The batch's calls stay
+    counted (Ledger.move_reservations) when their owner releases, when a sweep clears dead owners, and
+    for another process; each result recorded ends its hold, and the chunk's end ends the rest."""
+    from rlaif.judge.ledger import BATCH_OWNER
+
+    monkeypatch.setenv(ENV, KEY)
+    path = tmp_path / "ledger.sqlite"
+    a = JudgeSession(capped_cfg(tmp_path, "judge.max_cost_usd=2"), path)
+    try:
+        batch = calls(a, 2, "a")  # 4 calls, as a batch backend would have been handed them
+        assert all(a.runner.admit(c) for c in batch)
+        alone = int(2 / a.runner._estimate(batch[0]))
+        a.ledger.add_chunks([("chunk1", [c.key for c in batch])])
+        a.ledger.move_reservations([c.key for c in batch], a.runner.owner, BATCH_OWNER + "chunk1")
+        a.ledger.release(a.runner.owner)  # the process is done: its own reservations go, the batch's stay
+        a.ledger.sweep()
+        assert a.ledger.in_flight()[0] == len(batch)
+        assert a.ledger.held_keys([c.key for c in batch] + ["other"]) == {c.key for c in batch}
+        assert other_process(tmp_path, ["judge.max_cost_usd=2"], 20) == alone - len(batch)
+        a.ledger.sweep()  # that process exited without releasing: its calls go, the batch's stay
+        assert a.ledger.in_flight()[0] == len(batch)
+        a.ledger.record({"key": batch[0].key, "status": "done", "cost_usd": 0.01}, a.runner.owner)
+        assert a.ledger.in_flight()[0] == len(batch) - 1  # collected by a later process: its hold ends
+        a.ledger.update_chunk("chunk1", status="done")  # folded, and the process killed before it released
+        a.ledger.sweep()  # a done chunk holds nothing
+        assert a.ledger.in_flight() == (0, 0.0)
+    finally:
+        a.close()

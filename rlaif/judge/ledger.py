@@ -11,6 +11,9 @@ one row per admitted call until its result is recorded, in the same transaction)
 SQLite allows one writer at a time, so two admissions never both see the same room. Processes
 sharing a WAL ledger are on one host (WAL needs shared memory: sqlite.org/wal.html, "does not work
 over a network filesystem"), so an owner's process id says whether its reservations are still live.
+A Batch API chunk's reservations belong to the chunk ("batch:<chunk_id>", move_reservations) from
+just before its batch is created until its results are folded: the batch is paid for whether or not
+the process that submitted it (rlaif judge --submit-only) is still running.
 """
 from __future__ import annotations
 
@@ -67,6 +70,9 @@ TRIGGERS = [
     "CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON calls WHEN OLD.status = 'done' BEGIN "
     "UPDATE totals SET calls = calls - 1, cost_usd = cost_usd - COALESCE(OLD.cost_usd, 0) WHERE id = 1; END",
 ]
+
+
+BATCH_OWNER = "batch:"  # reservations held by a submitted batch chunk: owner "batch:<chunk_id>"
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -176,8 +182,9 @@ class Ledger:
                + " WHERE calls.status != 'done'")
         with self._tx():  # the result and the end of its reservation: one commit, never one without the other
             self.db.execute(sql, [row[c] for c in cols])
-            if owner is not None:
-                self.db.execute("DELETE FROM reservations WHERE key=? AND owner=?", (row["key"], owner))
+            if owner is not None:  # and a batch's hold on it (move_reservations): its result is in
+                self.db.execute(f"DELETE FROM reservations WHERE key=? AND (owner=? OR owner LIKE '{BATCH_OWNER}%')",
+                                (row["key"], owner))
 
     def spent(self) -> tuple[int, float]:
         """(calls with a reply, dollars) over the whole ledger, whoever wrote them: budgets cover reruns too."""
@@ -187,10 +194,14 @@ class Ledger:
         return int(n), float(cost)
 
     def reserve(self, key: str, owner: str, cost: float, max_calls: int | None,
-                max_cost: float | None) -> str | None:
+                max_cost: float | None, force: bool = False) -> str | None:
         """Admit one call under the caps, counting every writer's calls in flight: None when admitted
-        (its reservation is committed), else the cap it would pass: "max_calls" or "max_cost_usd"."""
+        (its reservation is committed), else the cap it would pass: "max_calls" or "max_cost_usd".
+        force: count it without a check (a call already in a submitted batch is paid for either way)."""
         with self._tx():
+            if force:
+                self.db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?)", (key, owner, cost))
+                return None
             n, spent = self.db.execute("SELECT calls, cost_usd FROM totals WHERE id = 1").fetchone()
             rn, rcost = self.db.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM reservations").fetchone()
             if max_calls is not None and n + rn >= max_calls:
@@ -210,10 +221,35 @@ class Ledger:
         with self._tx():
             self.db.execute("DELETE FROM reservations WHERE owner=?", (owner,))
 
+    def move_reservations(self, keys: list[str], src: str, dst: str) -> None:
+        """Hand src's reservations of these keys to dst. A batch chunk's hold (dst "batch:<chunk_id>",
+        taken before the batch is created) outlives the process that submitted it (rlaif judge
+        --submit-only, a kill): what the batch will cost stays counted until its results are recorded
+        (record) or its chunk is done (sweep)."""
+        with self._tx():
+            for i in range(0, len(keys), 900):
+                part = keys[i:i + 900]
+                self.db.execute(f"UPDATE OR REPLACE reservations SET owner=? WHERE owner=? AND key IN "
+                                f"({','.join('?' * len(part))})", [dst, src, *part])
+
+    def held_keys(self, keys: list[str]) -> set[str]:
+        """Keys a submitted batch holds (move_reservations): counted already, paid for whatever happens."""
+        q = f"SELECT key FROM reservations WHERE owner LIKE '{BATCH_OWNER}%'"
+        return {r[0] for r in self._where_key_in(q, keys)}
+
+    def output_stats(self, judge_id: str, template_version: str) -> tuple[int, float]:
+        """(replies, mean output tokens) of this judge's finished calls on this template version."""
+        n, mean = self.db.execute("SELECT COUNT(*), AVG(output_tokens) FROM calls WHERE status='done' AND "
+                                  "judge_id=? AND template_version=?", (judge_id, template_version)).fetchone()
+        return int(n), float(mean or 0.0)
+
     def sweep(self) -> int:
-        """Drop the reservations of processes that are gone (killed before they could release)."""
+        """Drop the reservations of processes that are gone (killed before they could release), and
+        the holds of batch chunks that are done or gone (a process killed after folding one)."""
         owners = [o for (o,) in self.db.execute("SELECT DISTINCT owner FROM reservations")]
-        dead = [o for o in owners if not owner_alive(o)]
+        open_chunks = {BATCH_OWNER + c for (c,) in
+                       self.db.execute("SELECT chunk_id FROM batches WHERE status != 'done'")}
+        dead = [o for o in owners if (o not in open_chunks if o.startswith(BATCH_OWNER) else not owner_alive(o))]
         with self._tx():
             for o in dead:
                 self.db.execute("DELETE FROM reservations WHERE owner=?", (o,))

@@ -7,17 +7,36 @@ transaction as soon as it lands. The caps are ledger-wide: each admission is che
 ledger's spend and every call in flight at that moment, this session's, another session's (a
 separate revise.critic) or another process's, in-flight calls at their estimated price
 (Ledger.reserve, rlaif/judge/ledger.py), never against a total read when the session opened.
+
+What an admission counts a call at (issue 21): a live call at its worst case (the whole reply cap,
+or max_completion_tokens for a reasoning model). Live calls are admitted one at a time while
+replies land, so each reservation is replaced by the billed cost seconds later and the worst case
+costs almost nothing. A Batch API call is admitted with its whole batch before anything is billed,
+and a submitted batch's items cannot be stopped one by one, so the worst case would admit a
+fraction of what the budget pays for and the rest would cost another 24-hour window. A batch call
+is therefore admitted at its EXPECTED cost (`_expected`): the mean output tokens of this judge's
+earlier replies on the same template version when the ledger holds at least MIN_MEASURED of them,
+the reply cap otherwise; the basis is printed once and kept in `admission` (judge-report.json).
+The hard cap still holds on what the ledger records: once recorded spend plus what is in flight
+reaches judge.max_cost_usd, nothing more is admitted. A batch may overshoot by its estimate's error.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import sys
 import time
 
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call, Reply, load_judge
 from rlaif.judge.ledger import Ledger, owner_id
+
+# Replies of one judge on one template version needed before their mean output tokens stand for the
+# next calls' (a batch's admission); below it the reply cap. 20: a mean of 20 short verdicts is
+# within a few tokens; a reasoning judge's spread is wider, but its cap (max_completion_tokens) is
+# what makes the worst case unusable there.
+MIN_MEASURED = 20
 
 
 class Runner:
@@ -44,8 +63,14 @@ class Runner:
         self.last_error: str | None = None
         self.stats = {"calls_made": 0, "retries": 0, "errors": 0, "invalid": 0, "tokens": 0, "seconds": 0.0}
         self.bar = None
+        self.submit_only = False  # rlaif judge --submit-only: the batch backend submits and returns
+        self.deferred = 0  # calls in batches submitted and not collected yet (submit-only)
+        self.admission: dict[str, dict] = {}  # template version -> the batch admission basis (_expected)
+        self.left: dict | None = None  # calls of the phase not admitted when a cap stopped it, and their cost
+        self._committed: set[str] = set()  # keys in batches already uploaded or submitted
+        self._held: set[str] = set()  # of those, keys whose cost a batch holds in the ledger already
 
-    def _estimate(self, call: Call) -> float:
+    def _cap_tokens(self, call: Call) -> int:
         # the style that will answer: under api_style=auto the backend knows it (by model name, or
         # after a switch); a reasoning reply may use all of max_completion_tokens
         style = getattr(self.backend, "style", None) or self.j.api_style
@@ -53,8 +78,32 @@ class Runner:
             from rlaif.judge.backends.openai_chat import start_style
 
             style = start_style(self.j, self.model)
-        out = self.j.max_completion_tokens if style == "reasoning" else call.max_tokens
-        return (call.est_input_tokens * self.price[0] + out * self.price[1]) / 1e6
+        return self.j.max_completion_tokens if style == "reasoning" else call.max_tokens
+
+    def _estimate(self, call: Call) -> float:
+        """A call's worst case: its input estimate and the whole reply cap."""
+        return (call.est_input_tokens * self.price[0] + self._cap_tokens(call) * self.price[1]) / 1e6
+
+    def _expected(self, call: Call) -> float:
+        """A batch call's expected cost (see the module docstring); the basis is chosen once per
+        template version, from the ledger as it stands then, and stated once."""
+        version = call.version or spec_version(self.spec, call.kind)
+        b = self.admission.get(version)
+        if b is None:
+            cap = self._cap_tokens(call)
+            n, mean = self.ledger.output_stats(self.judge_id, version)
+            measured = n >= MIN_MEASURED
+            b = self.admission[version] = {
+                "basis": "measured" if measured else "cap", "expected_output_tokens": round(mean, 2) if measured
+                else cap, "measured_replies": n, "reply_cap": cap, "admitted_calls": 0, "expected_cost_usd": 0.0}
+            why = (f"mean of {n} earlier replies of this judge" if measured else
+                   f"the reply cap: {n} earlier replies of this judge, {MIN_MEASURED} needed to measure")
+            print(f"judge: batch admission ({version}): {b['expected_output_tokens']:g} output tokens expected "
+                  f"per call ({why})", file=sys.stderr)
+        return (call.est_input_tokens * self.price[0] + b["expected_output_tokens"] * self.price[1]) / 1e6
+
+    def _admission_cost(self, call: Call) -> float:
+        return self._expected(call) if self.batch else self._estimate(call)
 
     @property
     def capped(self) -> bool:
@@ -71,22 +120,34 @@ class Runner:
         return self.ledger.spent()[1]
 
     def admit(self, call: Call) -> bool:
+        if call.key in self._committed:  # in a batch already sent: paid for whatever the cap says now
+            if self.capped and call.key not in self._held:
+                self.ledger.reserve(call.key, self.owner, self._admission_cost(call), None, None, force=True)
+            return True
         if self.stopped:
             return False
         if not self.capped:
             return True
-        est = self._estimate(call)
+        est = self._admission_cost(call)
         over = self.ledger.reserve(call.key, self.owner, est, self.j.max_calls, self.j.max_cost_usd)
         if over and self.ledger.sweep():  # room held by a killed process's calls: try once more
             over = self.ledger.reserve(call.key, self.owner, est, self.j.max_calls, self.j.max_cost_usd)
         if over:
             self.stopped = f"{self.cap_names[over]}={getattr(self.j, over):g} reached"
+        elif self.batch:
+            b = self.admission[call.version or spec_version(self.spec, call.kind)]
+            b["admitted_calls"] += 1
+            b["expected_cost_usd"] += est
         return not over
 
     def _admitted(self, todo: list[Call]):
-        """The iterator a backend pulls from: it ends where the budget does."""
-        for call in todo:
+        """The iterator a backend pulls from: it ends where the budget does. A batch backend pulls
+        every call at once, so a batch larger than the budget is cut here: only what fits is sent."""
+        for i, call in enumerate(todo):
             if not self.admit(call):
+                rest = todo[i:]
+                self.left = {"calls": len(rest), "cost_usd": sum(self._admission_cost(c) for c in rest),
+                             "basis": "expected" if self.batch else "at most"}
                 return
             yield call
 
@@ -98,12 +159,21 @@ class Runner:
         todo = [c for c in unique if c.key not in done]
         if not todo or self.stopped:
             return
+        if self.batch:  # calls in batches already sent go first: admitted whatever the cap says now
+            self._committed = {k for ch in self.ledger.open_chunks() if ch["status"] != "planned" for k in ch["keys"]}
+            self._held = self.ledger.held_keys([c.key for c in todo])
+            todo.sort(key=lambda c: c.key not in self._committed)
         if self.backend is None:  # built only when something is left to send: a rerun loads no model
-            self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry)
+            extra = ({"owner": self.owner if self.capped else None, "submit_only": self.submit_only}
+                     if self.batch else {})  # the batch backend holds a submitted batch's budget past this process
+            self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry, **extra)
         self.bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="call")
         self.t0 = t0 = time.monotonic()
         try:
             self.backend.run(self._admitted(todo), self._on_reply)
+            self.deferred = getattr(self.backend, "outstanding", 0)
+            if self.deferred and not self.stopped:  # the next phase needs these results: it waits for a rerun
+                self.stopped = "submit-only: batches submitted, not collected yet"
         finally:
             if self.capped:  # calls admitted but never answered (an error, a quota stop) hold no room
                 self.ledger.release(self.owner)

@@ -6,6 +6,15 @@ Every call goes through the ledger first (rlaif.judge.session): a key with a sto
 never sent again, so a rerun after a crash, a budget stop or a quota stop pays only for what is
 still missing. judge.manifest.json is written last, only when every planned call has a verdict
 and the audit passed (position consistency, invalid rate); the filter refuses judgments without it.
+
+    rlaif judge --config CONFIG --submit-only     (judge.mode_api=batch)
+
+submits this round's batches (those the budget admits), records them in the ledger and returns
+without waiting for the batch window or writing anything downstream; a later plain `rlaif judge`
+or `rlaif run` adopts, polls and collects them, then finishes the stage. `--submit-only` again
+collects the batches that have finished (one status request each) and submits the next phase's
+(best_vs_worst: scores, then pairs), and finishes the stage once nothing is left in flight, so
+repeating it (from cron, say) completes a round with no process waiting through the window.
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.config import RunConfig
-from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable
+from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable, UserError
 from rlaif.io import JUDGMENTS_SCHEMA, write_json, write_parquet
 from rlaif.judge.candidates import read_candidates, split_inputs
 from rlaif.judge.pairs.rank import rank_round
@@ -38,24 +47,37 @@ def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tup
     return plan, identical
 
 
-def run(cfg: RunConfig) -> Path:
+def run(cfg: RunConfig, submit_only: bool = False) -> Path:
+    """The round's judgments and pairs; with submit_only (batch mode), the round folder once its
+    batches are submitted (nothing written there), or the pairs when nothing was left to wait for."""
     from rlaif.judge.trust.calibrate import check_min_agreement  # judge.min_agreement: refuse before any work
     check_min_agreement(cfg)
     j, rdir, t0 = cfg.judge, cfg.round_dir(), time.perf_counter()
+    if submit_only and not (j.backend == "openai" and j.mode_api == "batch"):
+        raise UserError(f"rlaif judge --submit-only: for judge.mode_api=batch (judge.backend={j.backend}, "
+                        f"judge.mode_api={j.mode_api}): live calls have no batch to submit")
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
     cands = read_candidates(rdir)
     accepted, rejected = split_inputs(cands, j)
     js = JudgeSession(cfg, j.ledger or rdir / "judge-ledger.sqlite")
+    js.runner.submit_only = submit_only
     plan: list = []
+    deferred = False
     try:
         plan, identical = judge_round(js, cfg, accepted)
+        deferred = js.runner.deferred > 0  # submit-only: batches in flight, nothing to write yet
     finally:
         judgments = js.results(plan)
         js.close()
         for stale in ("pairs.card.json", "pairs.parquet"):  # pairs must come from these judgments or not exist
             (rdir / stale).unlink(missing_ok=True)
-        write_parquet(rdir / "judgments.parquet", judgments, JUDGMENTS_SCHEMA)
+        if not deferred:
+            write_parquet(rdir / "judgments.parquet", judgments, JUDGMENTS_SCHEMA)
+    if deferred:
+        return submitted(js, rdir)
     report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments))
+    if js.runner.batch and js.runner.admission:
+        report["batch_admission"] = admission_report(js.runner)
     write_json(rdir / "judge-report.json", report)
     print_report(report)
     gate(js, report)
@@ -68,12 +90,39 @@ def run(cfg: RunConfig) -> Path:
     return run_filter(cfg)
 
 
+def submitted(js: JudgeSession, rdir: Path) -> Path:
+    """--submit-only: say what is in flight and how to collect it; the round folder is the result."""
+    r, b = js.runner, js.runner.backend
+    cap = f"; {r.stopped}: {left_line(r)}" if r.left else ""
+    print(f"judge: submitted {b.stats['chunks_submitted']} batch(es) with {b.stats['calls_submitted']} calls; "
+          f"rerun `rlaif judge CONFIG` (or `rlaif run`) to collect ({b.in_flight} batch(es) in flight, "
+          f"{r.deferred} calls to collect{cap})")
+    return rdir
+
+
+def left_line(r) -> str:
+    """How many calls a cap left unsent in the phase it stopped, and what sending them would cost."""
+    return (f"{r.left['calls']} calls of this phase not sent, {r.left['basis']} ${r.left['cost_usd']:.4f} more "
+            "to continue")
+
+
+def admission_report(r) -> dict:
+    """judge-report.json's batch_admission: what each template's batch calls were admitted at."""
+    from rlaif.judge.runner import MIN_MEASURED
+
+    by = {v: {**b, "expected_cost_usd": round(b["expected_cost_usd"], 6)} for v, b in r.admission.items()}
+    return {"rule": f"expected cost: input estimate + mean output tokens of this judge's earlier replies on "
+                    f"the template version when the ledger holds >= {MIN_MEASURED}, else the reply cap",
+            "by_template": by, "not_admitted": r.left}
+
+
 def gate(js: JudgeSession, report: dict) -> None:
     """Stop loudly, before any pair exists, when the judgments are unfinished or untrustworthy."""
     j, r = js.j, js.runner
     if r.stopped:
+        left = f" ({left_line(r)})" if r.left else ""
         raise BudgetExceeded(f"judge stopped: {r.stopped}: ${r.cost:.4f} spent over {r.calls} paid calls "
-                             f"in the ledger; at least {report['pending_calls']} calls still pending. "
+                             f"in the ledger; at least {report['pending_calls']} calls still pending{left}. "
                              "Rerun (with a higher cap) to continue: finished calls are never paid again")
     if report["pending_calls"]:
         raise JudgeIncomplete(f"judge: {report['pending_calls']} calls got no reply after all retries "
