@@ -68,6 +68,8 @@ examples:
   rlaif generate configs/gpu-8b.yaml generate.n=8    # vLLM on a GPU
   rlaif run configs/quickstart.yaml                  # every round: generate, judge, train, evaluate
   rlaif evaluate configs/quickstart.yaml round=1     # one round's policy vs SFT
+  rlaif check configs/gpu-8b.yaml                    # every problem a run would hit, in seconds, spending nothing
+  rlaif plan configs/gpu-8b.yaml                     # calls, tokens, cost, time and GPU memory before paying
   rlaif status runs/quickstart                       # where a run stands
   rlaif report runs/quickstart                       # rebuild runs/quickstart/report.md and its plots
   rlaif compare runs/quickstart runs/ipo             # two runs side by side: compare/compare.md
@@ -94,6 +96,59 @@ class _Intermixed(argparse.ArgumentParser):
 def _config_args(sp) -> None:
     sp.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML run config (see configs/); or --config")
     sp.add_argument("--config", "-c", metavar="FILE", help="the same, as an option")
+
+
+CHECK_EPILOG = """\
+what it checks (one line per problem, all at once; exit 2 when there is any):
+  keys       the API-key variables the judge (and revise.critic) name are set
+  files      prompts, evaluate.prompts/pairs, judge.rubric/template, revise templates, calibrate.gold,
+             generate.chat_template exist and parse; held-out prompts do not overlap training prompts
+  prices     every paid model has judge.prices when judge.max_cost_usd is set
+  backends   vllm, openai, trl and peft import (with the pip command when not); LoRA rank within vLLM's
+             max_lora_rank; the loss type is one the installed TRL knows
+  endpoint   GET {base_url}/models answers in seconds and lists judge.model (a free request)
+  models     each model folder has a tokenizer with a chat template; CUDA devices and free memory
+  margins    a reasoning judge gives no logprobs: filter.min_margin needs judge.verdicts: graded
+Every stage command and `rlaif run` run the checks their stages need before anything starts.
+
+examples:
+  rlaif check configs/quickstart.yaml
+  rlaif check configs/gpu-8b.yaml --stage generate --stage train --json   # for scripts: one stage's needs
+  rlaif check configs/api-judge-rubric.yaml judge.max_cost_usd=20 --stage judge"""
+
+PLAN_EPILOG = """\
+what it estimates, per round and in total (spending nothing, loading no weights):
+  generation   prompts x N candidates, tokens to generate (measured by earlier rounds when they exist)
+  judge calls  by mode, strategy and N; revise, evaluate and calibrate calls beside them
+  tokens       input tokens rendered with the real templates (and the real tokenizer where known);
+               output tokens from the reply caps, or what this run's ledger measured
+  cost, time   live vs Batch API, against judge.max_cost_usd; time at rpm/tpm and concurrency
+  memory       training peak on the visible GPU(s) (weights, LoRA, optimizer, activations with and
+               without gradient checkpointing, logits) and what would make it fit; vLLM's KV-cache room
+
+examples:
+  rlaif plan configs/quickstart.yaml
+  rlaif plan configs/gpu-8b.yaml judge.mode_api=batch rounds=3
+  rlaif plan configs/gpu-8b.yaml --json"""
+
+
+def _check_parsers(sub, fmt) -> None:
+    ck = sub.add_parser("check", formatter_class=fmt, epilog=CHECK_EPILOG,
+                        help="validate a config in seconds, spending nothing: keys, files, prices, backends, limits",
+                        description="Check everything a run needs before it starts, in seconds and without a "
+                                    "paid call, and print every problem at once.")
+    _config_args(ck)
+    ck.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    ck.add_argument("--stage", action="append", choices=["generate", "judge", "filter", "train", "evaluate",
+                                                         "calibrate"],
+                    help="check only what this stage needs (repeatable; default: every stage the config runs)")
+    ck.add_argument("--json", action="store_true", help="one JSON object: ok, problems, warnings, info")
+    pl = sub.add_parser("plan", formatter_class=fmt, epilog=PLAN_EPILOG,
+                        help="estimate calls, tokens, cost, time and GPU memory before anything is spent",
+                        description="Estimate what the config will cost and need, per round and in total.")
+    _config_args(pl)
+    pl.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    pl.add_argument("--json", action="store_true", help="the same figures as one JSON object")
 
 
 def _compare_parser(sub, fmt) -> None:
@@ -127,6 +182,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--from", dest="from_run", metavar="BASE_RUN_DIR",
                             help="fork: start this run (its own run_dir) from BASE_RUN_DIR's finished stages "
                                  "whose fingerprint still matches (linked or copied, never moved); the rest reruns")
+        if name == "judge":
+            sp.add_argument("--submit-only", action="store_true",
+                            help="judge.mode_api=batch: submit this round's batches and exit; a later `rlaif judge` "
+                                 "(or `rlaif run`) collects them, so a 24-hour window holds no process")
         if name == "train":
             sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes); "
@@ -153,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "or judge call and never imports your code (evaluate.checks functions).",
                         epilog="examples:\n  rlaif report runs/quickstart")
     rp.add_argument("run_dir", metavar="RUN_DIR")
+    _check_parsers(sub, fmt)
     _compare_parser(sub, fmt)
     _review_parser(sub, fmt)
     _calibrate_parser(sub, fmt)
@@ -280,6 +340,9 @@ def _calibrate(args) -> int:
         raise UserError("rlaif calibrate: give a config and gold=PATH (rlaif calibrate CONFIG gold=PATH); "
                         "see rlaif calibrate --help")
     cfg = load_config(args.config, [f"calibrate.{o}" if o.startswith("gold=") else o for o in args.overrides])
+    from rlaif.check import preflight
+
+    preflight(cfg, "calibrate")  # the gold file, the judge's key, price and endpoint, before any call
     from rlaif.judge.trust.calibrate import run
 
     with hold(Path(cfg.run_dir) / "calibration", ".lock-calibrate", "rlaif calibrate"):
@@ -331,8 +394,14 @@ def _stage(name: str, args) -> int:
     if masked:
         raise UserError(f"{masked[0]} holds credentials masked as *** (a RUN_DIR/config.yaml never keeps them); "
                         f"give the real URL ({masked[0]}=...) or run from your own config")
+    if not os.environ.get("RLAIF_RUN_CHILD"):  # `rlaif run` checked every stage before its first child
+        from rlaif.check import preflight
+
+        preflight(cfg, name)  # every problem at once, before anything is moved aside or spent
     module, fn = target.split(":")
     kwargs = {"resume": args.resume} if name == "train" else {}
+    if name == "judge" and args.submit_only:
+        kwargs = {"submit_only": True}
     with _lock(name, cfg):  # first: a second, refused process must not rewrite the live one's config.yaml
         # `rlaif run` wrote it already, its stages must not rewrite it; under `accelerate launch` rank 0 writes it.
         # Shard workers all write the run's config: the same file, without their own generate.worker.
@@ -420,6 +489,17 @@ def _report(run_dir: str) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    if not args.config and not args.overrides:
+        raise UserError("rlaif plan: give a config: rlaif plan CONFIG [key.sub=value ...]; see rlaif plan --help")
+    from rlaif.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from rlaif.plan import main as plan_main
+
+    return plan_main(cfg, args.json)
+
+
 def _compare(run_dirs: list[str], out: str) -> int:
     from rlaif.evaluate.compare import write_compare
 
@@ -462,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
         _config_file(args)
         if args.cmd == "calibrate":
             return _calibrate(args)
+        if args.cmd == "check":
+            from rlaif.check import main as check_main
+
+            return check_main(args.config, args.overrides, args.stage, args.json)
+        if args.cmd == "plan":
+            return _plan(args)
         return _stage(args.cmd, args)
     except UserError as e:
         print(f"rlaif: error: {e}", file=sys.stderr)

@@ -94,3 +94,15 @@ def scripted(monkeypatch, tmp_path) -> Path:
     ScriptedJudge.calls = []
     (tmp_path / "judge-model").mkdir()
     return tmp_path / "judge-model"
+
+
+def tokenizer_only(demo_model, folder):
+    """A model folder that passes `rlaif check` (tokenizer, chat template) but holds no weights: a
+    stage that loads the model fails in its own process, after the run's preflight let it start."""
+    import shutil
+
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        if (demo_model / name).exists():
+            shutil.copy(demo_model / name, folder / name)
+    return folder

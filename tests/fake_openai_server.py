@@ -87,6 +87,9 @@ from judge_replies import api_logprobs, reply_plan  # noqa: E402
 from judge_replies import content as plan_text  # noqa: E402
 
 MODEL = "fake-judge"
+# What GET /v1/models lists (rlaif check / preflight look the configured judge model up there): every
+# name the tests configure, as a real server lists what it serves. fake_batch_server lists the same.
+MODELS = [MODEL, "fake-judge-2", "m", "gpt-4.1-mini", "gpt-5-mini", "openai/gpt-5-mini", "o3", "o4-mini"]
 BLOCK = re.compile(r"<<<BEGIN_DATA id=([A-Za-z0-9_]+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.DOTALL)
 GOOD = re.compile(r"\bGOOD\b")
 FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length",
@@ -498,11 +501,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_json(200, self.state.stats())
             elif path == "/v1/models":
                 if not self.authorized():
+                    with self.state.lock:
+                        self.state.unauthorized += 1  # counted as a chat call's refusal is
                     self.send_json(401, error_body("Incorrect API key provided.", "invalid_request_error",
                                                    "invalid_api_key"))
                 else:
                     self.send_json(200, {"object": "list", "data": [
-                        {"id": MODEL, "object": "model", "created": 0, "owned_by": "rlaif-tests"}]})
+                        {"id": m, "object": "model", "created": 0, "owned_by": "rlaif-tests"} for m in MODELS]})
             else:
                 self.send_json(404, error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
         except Exception:

@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 
-from conftest import finished_adapter, make_adapter, rlaif_cli
+from conftest import finished_adapter, make_adapter, rlaif_cli, tokenizer_only
 from rlaif.config import load_config
 from rlaif.evaluate.stage import reward_accuracy
 from rlaif.io import PAIRS_SCHEMA, write_json, write_parquet
@@ -146,31 +146,33 @@ def _finished_round(run_dir, k: int, mean_tokens: float, lc: float) -> None:
                                              "sft_mean_tokens": 100.0, "position_consistency": 0.9})
 
 
-def test_run_stops_on_length_hacking(tmp_path):
+def test_run_stops_on_length_hacking(tmp_path, demo_model):
     _finished_round(tmp_path, 0, mean_tokens=100.0, lc=0.55)
     _finished_round(tmp_path, 1, mean_tokens=150.0, lc=0.52)  # +50% length, LC fell
-    args = ["run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=3", "model=tests/assets/no-such-model"]
+    weightless = tokenizer_only(demo_model, tmp_path.parent / f"{tmp_path.name}-no-weights")
+    args = ["run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=3", f"model={weightless}"]
     res = rlaif_cli(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "stopped after round 1: length hacking" in res.stdout and "grew 50%" in res.stdout
     assert not (tmp_path / "round-2").exists()
     report = (tmp_path / "report.md").read_text()
     assert "## Warnings" in report and "round 1: length hacking" in report
-    # switched off, the run goes on into round 2 (which then fails on the missing model)
+    # switched off, the run goes on into round 2 (which then fails loading the missing weights)
     res = rlaif_cli(*args, "run.stop_on_length_hacking=false")
-    assert res.returncode == 2 and "no-such-model" in res.stderr and "stopped after" not in res.stdout
+    assert res.returncode != 0 and "stopped after" not in res.stdout, res.stderr[-2000:]
+    assert "generate failed in round 2" in res.stderr, res.stderr[-2000:]
     st = rlaif_cli("status", str(tmp_path))
     assert st.returncode == 0 and "done: win 60%, LC 52%" in st.stdout
 
 
-def test_an_unreadable_eval_json_stops_the_run_naming_it(tmp_path):
+def test_an_unreadable_eval_json_stops_the_run_naming_it(tmp_path, demo_model):
     """Not {} and no stop: that silently switched the length-hacking stop off (issue 11, item 8)."""
     _finished_round(tmp_path, 0, mean_tokens=100.0, lc=0.55)
     _finished_round(tmp_path, 1, mean_tokens=150.0, lc=0.52)
     eval1 = tmp_path / "round-1" / "eval" / "eval.json"
     eval1.write_text(eval1.read_text()[:40])  # damaged
-    res = rlaif_cli("run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=3",
-                    "model=tests/assets/no-such-model")
+    weightless = tokenizer_only(demo_model, tmp_path.parent / f"{tmp_path.name}-no-weights")
+    res = rlaif_cli("run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=3", f"model={weightless}")
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
     assert f"{eval1}: unreadable" in lines[0] and "evaluate round 1 again" in lines[0]

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, kill_seed, rlaif_cli
+from conftest import ROOT, kill_seed, rlaif_cli, tokenizer_only
 from rlaif.io import write_json
 
 pytestmark = pytest.mark.slow
@@ -97,14 +97,15 @@ def test_status_shows_partial_and_missing(tmp_path, tiny_model):
     assert "done: 3 cand." in lines[1] and "missing" in lines[1] and lines[2].count("missing") == 4
 
 
-def test_a_judge_that_did_not_finish_is_not_done(tmp_path):
+def test_a_judge_that_did_not_finish_is_not_done(tmp_path, demo_model):
     """A card and a report from the partial judgments of a budget stop are not a judged round: status
     says so and `rlaif run` judges again instead of training (issue 11, item 1)."""
     rdir = tmp_path / "round-0"
     write_json(rdir / "candidates.manifest.json", {"counts": {"candidates": 4}})
     write_json(rdir / "pairs.card.json", {"kept": 1, "removed": {}})
     write_json(rdir / "judge-report.json", {"position_consistency": None, "pending_calls": 5})
-    args = ["run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=1", "model=tests/assets/no-such-model"]
+    weightless = tokenizer_only(demo_model, tmp_path.parent / f"{tmp_path.name}-no-weights")
+    args = ["run", "configs/quickstart.yaml", f"run_dir={tmp_path}", "rounds=1", f"model={weightless}"]
     res = rlaif_cli(*args)
     assert res.returncode == 2 and "judge failed in round 0" in res.stderr, res.stdout + res.stderr
     assert "round 0 judge: done, skipped" not in res.stdout
