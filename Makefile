@@ -47,7 +47,7 @@ demo: install
 # browser: Debian's chromium + chromedriver for the review page's headless-browser test;
 # RLAIF_REQUIRE_BROWSER=1 turns that test's skip (no browser) into a failure here.
 test: install vllm-env browser
-	RLAIF_REQUIRE_BROWSER=1 RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs
+	RLAIF_REQUIRE_BROWSER=1 RLAIF_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(VENV)/bin/python -m pytest -q -rs --durations=20
 
 browser:
 	scripts/install-browser.sh

@@ -41,7 +41,7 @@ class Report:
         try:
             return fn(*args)
         except UserError as e:  # the stage's own words, led by the key when they do not name it
-            self.problem(check, key, str(e) if key in str(e) else f"{key}: {e}")
+            self.problem(check, key, str(e) if str(e).startswith(key) else f"{key}: {e}")
         return None
 
     def lines(self) -> list[str]:
@@ -85,6 +85,8 @@ def check_endpoint(cfg, stages: list[str], r: Report) -> None:
         if j.backend != "openai" or not j.model:
             continue
         keyless = bool(j.api_key_env and not os.environ.get(j.api_key_env))  # its own line; still probe the URL
+        if keyless and not j.base_url:
+            continue  # OpenAI's own endpoint: without the key there is nothing more to learn
         if importlib.util.find_spec("openai") is None:
             continue  # the backends check says so
         import openai

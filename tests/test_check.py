@@ -85,6 +85,22 @@ def test_each_judge_check_alone_gives_its_own_line(name, server, monkeypatch):
     assert all(w in lines[0] for w in words), lines
 
 
+def test_a_refused_key_and_the_critic_are_checked(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-client-key-0042")
+    with FakeJudgeServer(api_key="sk-server-wants-another") as guarded:
+        lines = lines_of(api(guarded))
+        assert len(lines) == 1 and "authentication failed" in lines[0] and "HTTP 401" in lines[0], lines
+        assert "sk-client-key-0042" not in lines[0]
+        critic = ["pairs.source=both", "judge.principles=[Be brief.]", "revise.critic.backend=openai",
+                  "revise.critic.model=gpt-4.1-mini", "revise.critic.api_key_env=RLAIF_CHECK_UNSET_CRITIC",
+                  f"revise.critic.base_url={guarded.base_url}", "judge.max_cost_usd=5", "judge.prices.fake-judge=[1, 1]"]
+        monkeypatch.setenv(KEY_ENV, "sk-server-wants-another")
+        lines = lines_of(api(guarded, *critic))
+    assert len(lines) == 2, lines
+    assert any("revise.critic.api_key_env" in ln and "RLAIF_CHECK_UNSET_CRITIC" in ln for ln in lines), lines
+    assert any("revise.critic.prices" in ln and "gpt-4.1-mini" in ln for ln in lines), lines
+
+
 def test_a_good_api_judge_passes_and_a_reasoning_judge_warns(server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-test-check")
     assert lines_of(api(server)) == []
