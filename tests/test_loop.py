@@ -136,7 +136,13 @@ def test_kill_9_at_a_random_stage_then_rerun_matches(clean_run, tmp_path, tiny_m
         assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a), where
 
 
-def test_failed_stage_stops_the_run_with_its_code(tmp_path, tiny_model):
-    res = rlaif_cli(*_args(tmp_path, tiny_model), "prompts=tests/assets/missing.jsonl")
-    assert res.returncode == 2
-    assert "generate failed in round 0 (exit 2)" in res.stderr and "prompts file not found" in res.stderr
+def test_failed_stage_stops_the_run_with_its_code(tmp_path, tiny_model, demo_model):
+    """A stage that fails in its own process (here: a model folder without weights, which the run's
+    preflight cannot see without loading it) stops the run with that process's exit code."""
+    import re
+
+    weightless = tokenizer_only(demo_model, tmp_path.parent / f"{tmp_path.name}-no-weights")
+    res = rlaif_cli(*_args(tmp_path, tiny_model), f"model={weightless}")
+    failed = re.search(r"generate failed in round 0 \(exit (\d+)\)", res.stderr)
+    assert failed and res.returncode == int(failed.group(1)) != 0, res.stderr[-2000:]
+    assert not (tmp_path / "round-0" / "candidates.manifest.json").exists()
