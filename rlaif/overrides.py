@@ -87,7 +87,14 @@ def parse_overrides(root: type[BaseModel], items: list[str]) -> list[tuple[list[
         if parts is None:
             raise UserError(f"override {item!r}: expected key.sub=value, e.g. generate.n=8 "
                             '(quote a key that has dots: judge.prices."gpt-4.1-mini"=[0.4, 1.6])')
-        out.append((_resolve(root, parts), yaml.safe_load(raw) if raw != "" else None, item))
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:  # e.g. [Is it short?] : a ? inside a flow list needs quotes
+            where = f" (column {e.problem_mark.column + 1})" if getattr(e, "problem_mark", None) else ""
+            raise UserError(f"override {item!r}: the value is not valid YAML{where}: "
+                            f"{getattr(e, 'problem', None) or e}; quote it, e.g. "
+                            f"""'{key}=["text with ? or :", "more"]'""") from None
+        out.append((_resolve(root, parts), value, item))
     return out
 
 

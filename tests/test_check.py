@@ -54,6 +54,7 @@ CASES = {
     "vllm": (["generate.backend=vllm"], ["generate.backend", "pip install 'rlaif[vllm]'"]),
     "loss type": (["train.loss_type=dpo_nope"], ["train.loss_type"]),
     "unknown key": (["generate.temprature=0.5"], ["unknown key", "temperature"]),
+    "bad YAML value": (["judge.checklist=[Is it short?]"], ["judge.checklist", "not valid YAML", "quote it"]),
     "4-bit on CPU": (["train.load_in_4bit=true"], ["train.load_in_4bit", "CUDA"]),
 }
 API_CASES = {

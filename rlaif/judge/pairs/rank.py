@@ -59,3 +59,25 @@ def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | No
             else:
                 out.append((pid[0], (a, texts[a]), (b, texts[b])))
     return out, identical
+
+
+def score_kind(j) -> str:
+    """What a single-candidate call is (JudgeSession.score_kind, without opening a session)."""
+    return "reward" if j.backend == "reward_model" else "checklist" if j.mode == "checklist" else "score"
+
+
+def planned_calls(cfg: RunConfig, accepted: pl.DataFrame) -> dict:
+    """The calls rank_round makes for these candidates, by kind, without a judge: single-candidate
+    calls (per item for a checklist), generated checklists, and pairwise calls (both orders).
+    best_vs_worst's pairwise count is an upper bound (identical best and worst texts are not sent).
+    calibrate's cost projection and `rlaif plan` count with it."""
+    j, kind = cfg.judge, score_kind(cfg.judge)
+    prompts = accepted["prompt_id"].n_unique()
+    single = kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
+    out = {kind: accepted.height * (max(len(j.checklist), 1) if kind == "checklist" else 1) if single else 0}
+    if kind == "checklist" and j.checklist_from_prompt:
+        out["checklist_writer"] = prompts  # the generated items' calls are not known before they are written
+    if j.mode == "pairwise" and kind == "score":
+        multi = accepted.group_by("prompt_id").len().filter(pl.col("len") >= 2).height
+        out["pairwise"] = 2 * (len(plan_pairs(cfg, accepted, None)[0]) if j.strategy == "all_pairs" else multi)
+    return {k: v for k, v in out.items() if v}

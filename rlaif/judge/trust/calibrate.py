@@ -179,7 +179,7 @@ def projected(cfg, js: JudgeSession, per_call: float | None) -> dict | None:
     (rlaif/judge/stage.py judge_round) times the measured cost per call."""
     from rlaif.judge.candidates import split_inputs
     from rlaif.judge.candidates import read_candidates
-    from rlaif.judge.pairs.rank import plan_pairs
+    from rlaif.judge.pairs.rank import planned_calls
 
     c, j = cfg.calibrate, cfg.judge
     rdir = Path(c.run_dir or cfg.run_dir) / f"round-{cfg.round if c.round is None else c.round}"
@@ -187,20 +187,15 @@ def projected(cfg, js: JudgeSession, per_call: float | None) -> dict | None:
         return None
     accepted, _ = split_inputs(read_candidates(rdir), j)
     prompts = accepted["prompt_id"].n_unique()
-    single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
-    n = accepted.height * (max(len(j.checklist), 1) if js.score_kind == "checklist" else 1) if single else 0
-    n += prompts if js.score_kind == "checklist" and j.checklist_from_prompt else 0
-    pairwise = 0
-    if j.mode == "pairwise" and js.score_kind == "score":
-        multi = accepted.group_by("prompt_id").len().filter(pl.col("len") >= 2).height
-        pairwise = 2 * (len(plan_pairs(cfg, accepted, None)[0]) if j.strategy == "all_pairs" else multi)
+    calls = planned_calls(cfg, accepted)
+    pairwise = calls.get("pairwise", 0)
     basis = ("upper bound: best_vs_worst sends 2 calls per prompt unless its best and worst texts are identical"
              if pairwise and j.strategy == "best_vs_worst" else "calls the judge stage plans")
     if j.checklist_from_prompt:
         basis += "; generated checklist items not counted"
     return {"run_dir": str(rdir.parent), "round": int(rdir.name.split("-")[1]), "candidates": accepted.height,
-            "prompts": prompts, "calls": n + pairwise, "basis": basis,
-            "cost_usd": None if per_call is None else (n + pairwise) * per_call}
+            "prompts": prompts, "calls": sum(calls.values()), "basis": basis,
+            "cost_usd": None if per_call is None else sum(calls.values()) * per_call}
 
 
 def _send(js: JudgeSession, calls: list) -> pl.DataFrame:
