@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -47,6 +47,37 @@ class GenerateConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, needed on CPU vLLM)")
     max_lora_rank: int = Field(64, ge=1)
+    # passed through under the library's own names (rlaif/passthrough.py), checked when the config loads
+    sampling_args: dict[str, Any] = Field(
+        default_factory=dict, description="more vllm.SamplingParams fields, e.g. {min_p: 0.05, repetition_penalty: "
+                                          "1.1, stop: ['###']}; the transformers backend applies min_p, "
+                                          "repetition_penalty, stop and min_tokens and refuses the rest; evaluate's "
+                                          "answers use them too (its own temperature and max_tokens aside)")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="more vllm.LLM(...) / EngineArgs keywords, e.g. {max_num_seqs: 128, "
+                                          "quantization: fp8} (backend vllm only)")
+    system_prompt: str | None = Field(
+        None, description="a system message put first in every prompt that has none (a prompt's own system "
+                          "message is kept); generation, evaluation answers and so the training pairs see it")
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template file replacing the tokenizer's, for generation, training and "
+                          "evaluation (enters fingerprints by content)")
+
+    @model_validator(mode="after")
+    def _passthrough(self):
+        from rlaif import passthrough as P
+
+        try:
+            P.check_names("sampling_args", "sampling_args.", self.sampling_args, P.VLLM_SAMPLING)
+            P.check_names("engine_args", "engine_args.", self.engine_args, P.VLLM_ENGINE)
+            if self.backend == "transformers":
+                P.transformers_sampling(self.sampling_args)
+                if self.engine_args:
+                    raise ValueError(f"engine_args.{next(iter(self.engine_args))}: engine arguments are "
+                                     "vLLM's; with generate.backend=transformers leave engine_args empty")
+        except ValueError as e:
+            raise _check_error(str(e)) from None
+        return self
 
 
 class ChecklistItem(Strict):
@@ -241,6 +272,28 @@ class TrainConfig(Strict):
     merge: bool = Field(False, description="also save merged/ (base + adapter) for serving")
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps; a killed run resumes from the last")
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="more fields of the installed trl.DPOConfig, e.g. {warmup_ratio: 0.1, "
+                                          "lr_scheduler_type: cosine, weight_decay: 0.01, max_grad_norm: 1.0, "
+                                          "optim: adamw_torch_fused}")
+    lora_args: dict[str, Any] = Field(
+        default_factory=dict, description="more fields of the installed peft.LoraConfig, e.g. {use_rslora: true, "
+                                          "use_dora: true, modules_to_save: [lm_head]}")
+
+    @field_validator("trainer_args", "lora_args")
+    @classmethod
+    def _library_knows_them(cls, v, info: ValidationInfo):
+        from rlaif import passthrough as P
+
+        if not v:
+            return v
+        try:
+            P.check_names(info.field_name, "", v, P.dataclass_fields(info.field_name))
+        except ValueError as e:
+            raise _check_error(str(e)) from None
+        except ImportError:  # a machine that only judges has no trl/peft: `rlaif check` names the missing package
+            pass
+        return v
 
     @field_validator("loss_type")
     @classmethod

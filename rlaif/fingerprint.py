@@ -54,7 +54,7 @@ NOT_OUTPUT = {
 }
 # Keys whose value may name a file or folder: it enters by content, not by its path.
 FILE_KEYS = {"prompts", "judge.rubric", "judge.template", "revise.critique_template", "revise.revision_template",
-             "evaluate.prompts", "evaluate.pairs"}
+             "evaluate.prompts", "evaluate.pairs", "generate.chat_template"}
 
 
 def _h(obj) -> str:

@@ -149,3 +149,22 @@ def folder_id(path: str | Path) -> str:
                 fh.seek(off)
                 h.update(fh.read(n))
     return h.hexdigest()[:16]
+
+
+def use_chat_template(tok, cfg):
+    """generate.chat_template: the file's template replaces the tokenizer's (generation, training and
+    evaluation all format through here, so one file decides what the policy sees)."""
+    path = cfg.generate.chat_template
+    if path:
+        try:
+            tok.chat_template = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"generate.chat_template: {path}: cannot be read ({e.__class__.__name__})") from None
+    return tok
+
+
+def with_system(chats: list[list[dict]], system: str | None) -> list[list[dict]]:
+    """generate.system_prompt first in every conversation that has no system message of its own."""
+    if not system:
+        return chats
+    return [c if c and c[0].get("role") == "system" else [{"role": "system", "content": system}, *c] for c in chats]

@@ -134,3 +134,31 @@ def test_data_parallel_gives_the_same_rows(clean, vllm_model, prompts, tmp_path)
     # each worker's shards of one prompt went into its engine together, not one call per shard
     assert [w["peak_engine_requests"] for w in m["workers"]] == [PROMPTS, PROMPTS]
     assert m["counts"]["shards_generated_this_run"] == PROMPTS
+
+
+def test_sampling_and_engine_args_reach_vllm(clean, vllm_model, prompts, tmp_path):
+    """generate.sampling_args reach SamplingParams (a stop string cuts every response before it, as the
+    clean run's responses show it would otherwise appear) and generate.engine_args reach LLM(...)."""
+    r = rlaif_cli(*_args(tmp_path, vllm_model, prompts, "generate.shard_size=64", 'generate.sampling_args={stop: [" "]}',
+                         "generate.engine_args={max_num_seqs: 3}"), python=_vllm_python(), env=ENV, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert clean[1]["response"].str.contains(" ", literal=True).any()
+    rows = _rows(tmp_path)
+    assert rows.height == PROMPTS * 2 and not rows["response"].str.contains(" ", literal=True).any()
+    m = _manifest(tmp_path)
+    assert m["sampling"]["sampling_args"] == {"stop": [" "]} and m["sampling"]["engine_args"] == {"max_num_seqs": 3}
+    assert [w["max_num_seqs"] for w in m["workers"]] == [3]
+
+
+def test_the_recorded_vllm_field_lists_are_the_installed_vllm_s():
+    """rlaif/passthrough.py checks names against lists recorded from vLLM 0.32 (vLLM is not installed
+    where most configs load): they must equal the real classes' public fields."""
+    code = ("import dataclasses, json\nfrom vllm import SamplingParams\nfrom vllm.engine.arg_utils import EngineArgs\n"
+            "print(json.dumps([[f for f in SamplingParams.__struct_fields__ if not f.startswith('_')],"
+            " [f.name for f in dataclasses.fields(EngineArgs) if not f.name.startswith('_')]]))")
+    out = subprocess.run([_vllm_python(), "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sampling, engine = json.loads(out.stdout.strip().splitlines()[-1])
+    from rlaif.passthrough import VLLM_ENGINE, VLLM_SAMPLING
+
+    assert list(VLLM_SAMPLING) == sampling and list(VLLM_ENGINE) == engine

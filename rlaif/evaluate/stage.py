@@ -196,10 +196,10 @@ def reward_accuracy(cfg: RunConfig, k: int) -> dict | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlaif.generate.stage import render
-    from rlaif.models import default_dtype
+    from rlaif.models import default_dtype, use_chat_template
 
     base = policy_base(cfg, k)
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = use_chat_template(AutoTokenizer.from_pretrained(base), cfg)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=default_dtype()),
                                       str(adapter_dir(cfg, k))).eval()
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from rlaif.generate.backends import Done, Request, Sample
 from rlaif.models import default_dtype, left_pad
+from rlaif.passthrough import transformers_sampling
 
 if TYPE_CHECKING:  # pydantic stays out of the backends' runtime (bench/gpu_smoke.py runs without it)
     from rlaif.config import GenerateConfig
@@ -40,7 +41,11 @@ class TransformersBackend:
             temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
             # top_k must be explicit: None would be filled with transformers' default of 50.
             top_k=cfg.top_k if sample else None, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            **transformers_sampling(cfg.sampling_args),  # generate.sampling_args under GenerationConfig's names
         )
+        self.stops = self.gen_config.stop_strings or []
+        if isinstance(self.stops, str):
+            self.stops = [self.stops]
 
     def _batch(self, prompts: list[list[int]]) -> list[list[Sample]]:
         import torch
@@ -49,7 +54,8 @@ class TransformersBackend:
         width = ids.shape[1]
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      generation_config=self.gen_config)
+                                      generation_config=self.gen_config,
+                                      tokenizer=self.tokenizer if self.stops else None)  # stop_strings need it
         gen = out[:, width:].tolist()
         eos = set(self.eos_ids)
         samples = []
@@ -57,7 +63,11 @@ class TransformersBackend:
             stop = next((k for k, t in enumerate(row) if t in eos), None)
             body = row if stop is None else row[:stop]
             text = self.tokenizer.decode(body, skip_special_tokens=True)
-            samples.append(Sample(text, len(body) + (stop is not None), "length" if stop is None else "stop"))
+            cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+            if cut >= 0:  # as vLLM returns it: the text before the stop string, which is not included
+                text = text[:cut]
+            finish = "stop" if stop is not None or cut >= 0 else "length"
+            samples.append(Sample(text, len(body) + (stop is not None), finish))
         r, copies = self.returns, self.cfg.n // self.returns
         return [samples[i * r:(i + 1) * r] * copies for i in range(len(prompts))]
 

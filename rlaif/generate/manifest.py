@@ -30,7 +30,8 @@ def write_manifest(cfg: RunConfig, model: str, out: Path) -> Path:
         "stage": "generate", "fingerprint": plan["fingerprint"], "round": cfg.round, "model": g.model or cfg.model,
         "model_path": model, "adapter": g.adapter, "model_id": folder_id(model),
         "adapter_id": folder_id(g.adapter) if g.adapter else None, "backend": g.backend, "seed": cfg.seed,
-        "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p", "top_k")},
+        "sampling": {k: getattr(g, k) for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "sampling_args",
+                                                "engine_args", "system_prompt", "chat_template")},
         "counts": {
             "prompts": sum(len(s) for s in plan["shards"]), "candidates": len(df), "shards": len(plan["shards"]),
             "shards_generated_this_run": sum(w["shards"] for w in workers),

@@ -64,6 +64,9 @@ def make_plan(cfg: RunConfig, prompts: pl.DataFrame, model: str, fp: str,
     """(the plan as saved, each kept prompt's token ids)."""
     g = cfg.generate
     tok, context = tokenizer(model)
+    from rlaif.models import use_chat_template
+
+    use_chat_template(tok, cfg)
     limit = (g.max_model_len or context or 10**9) - g.max_tokens  # room for a whole response
     keep, skipped = [], []
     for pid, chat in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list()):

@@ -30,11 +30,22 @@ from rlaif.models import resolve_model
 __all__ = ["MANIFEST", "WorkerFailed", "fingerprint", "render", "run", "sample_prompts"]
 
 
+def system_prompt(cfg: RunConfig, prompts: pl.DataFrame) -> pl.DataFrame:
+    """generate.system_prompt in every prompt without a system message: the candidates' messages carry
+    it, so the judge, the pairs and training see the conversation the policy was given."""
+    from rlaif.models import with_system
+
+    if not cfg.generate.system_prompt:
+        return prompts
+    chats = with_system(prompts["messages"].to_list(), cfg.generate.system_prompt)
+    return prompts.with_columns(pl.Series("messages", chats, dtype=prompts.schema["messages"]))
+
+
 def run(cfg: RunConfig) -> Path:
     """The `rlaif generate` stage for cfg.round: the whole plan, this worker's share of it, or D workers."""
     g = cfg.generate
     worker = parse_worker(g.worker)
-    prompts = read_prompts(cfg.prompts, cfg.prompts_split)
+    prompts = system_prompt(cfg, read_prompts(cfg.prompts, cfg.prompts_split))
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     rdir, tag = cfg.round_dir(), f"r{cfg.round}"
@@ -67,6 +78,7 @@ def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag:
     this process, resumable like the stage; `tag` replaces "rK" in candidate ids. The evaluate stage's
     held-out answers; generate.worker and data_parallel_size do not apply."""
     g = cfg.generate
+    prompts = system_prompt(cfg, prompts)
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     rdir = Path(out_dir)

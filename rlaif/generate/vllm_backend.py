@@ -36,6 +36,7 @@ def engine_args(model: str, cfg: GenerateConfig, seed: int) -> dict:
         kwargs["max_model_len"] = cfg.max_model_len
     if cfg.adapter:
         kwargs.update(enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=1)
+    kwargs.update(cfg.engine_args)  # generate.engine_args: checked against EngineArgs when the config loaded
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
@@ -57,7 +58,10 @@ class VLLMBackend:
             llm = LLM(**engine_args(model, cfg, seed))
         self.llm, self.cfg = llm, cfg
         self.window = int(os.environ.get("RLAIF_VLLM_WINDOW_SEQS", WINDOW_SEQS))
-        self.stats = {"window_seqs": self.window, "peak_engine_requests": 0}
+        self.stats = {"window_seqs": self.window, "peak_engine_requests": 0,
+                      # what the engine schedules per step, as built (generate.engine_args.max_num_seqs reaches it)
+                      "max_num_seqs": getattr(getattr(getattr(llm.llm_engine, "vllm_config", None),
+                                                      "scheduler_config", None), "max_num_seqs", None)}
         self.lora = None
         if cfg.adapter:
             from vllm.lora.request import LoRARequest
@@ -70,7 +74,7 @@ class VLLMBackend:
         c = self.cfg
         # vLLM draws child j of an n-sample request with seed + j (vllm/v1/engine/parallel_sampling.py)
         return SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or -1,
-                              max_tokens=c.max_tokens, seed=seed)
+                              max_tokens=c.max_tokens, seed=seed, **c.sampling_args)
 
     def generate(self, shards: list[list[Request]]) -> Iterator[Done]:
         queue = deque(r for shard in shards for r in shard)

@@ -46,7 +46,9 @@ def check_tokenizer(cfg: RunConfig, tok, model_path: str) -> None:
         return
     from transformers import AutoTokenizer
 
-    other = AutoTokenizer.from_pretrained(source)
+    from rlaif.models import use_chat_template
+
+    other = use_chat_template(AutoTokenizer.from_pretrained(source), cfg)
     if other.get_vocab() != tok.get_vocab() or other.chat_template != tok.chat_template:
         raise UserError(f"{manifest}: candidates came from {source}, whose tokenizer/chat template differs from "
                         f"the policy's ({model_path})")

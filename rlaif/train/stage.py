@@ -21,6 +21,7 @@ from pathlib import Path
 from rlaif.config import RunConfig
 from rlaif.errors import UserError
 from rlaif.io import write_json, write_text
+from rlaif.models import use_chat_template
 from rlaif.train.data import check_tokenizer, load_pairs, to_dataset
 from rlaif.train.policy import adapter_dir, policy_base
 
@@ -153,20 +154,26 @@ def dpo_args(cfg: RunConfig, out: Path, cuda: bool):
         gradient_checkpointing=gradient_checkpointing(t, cuda), bf16=cuda, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=1, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         report_to=[] if t.report_to == "none" else [t.report_to], disable_tqdm=False,
+        **t.trainer_args,  # train.trainer_args: checked against the installed DPOConfig when the config loaded
     )
+
+
+def lora_config(t):
+    from peft import LoraConfig
+
+    return LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                      target_modules=t.lora_target_modules, task_type="CAUSAL_LM", **t.lora_args)
 
 
 def build_trainer(cfg: RunConfig, base: str, dataset, tok, callbacks=()):
     """DPOTrainer on a plain base model plus a LoRA config: TRL then uses the base with the adapter
     disabled as the reference (no second model copy)."""
     import torch
-    from peft import LoraConfig
     from trl import DPOTrainer
 
     cuda = torch.cuda.is_available()
     t = cfg.train
-    lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                      target_modules=t.lora_target_modules, task_type="CAUSAL_LM")
+    lora = lora_config(t)
     # The arguments before the model: under `accelerate launch` with DeepSpeed ZeRO-3 they register the
     # DeepSpeed config, so from_pretrained loads the weights already partitioned across ranks.
     args = dpo_args(cfg, cfg.round_dir() / "train", cuda)
@@ -212,7 +219,7 @@ def run(cfg: RunConfig, resume: bool = True) -> Path:
     pairs, counts = load_pairs(cfg)
     require_previous_round(cfg)
     base = _policy_base(cfg, main)
-    tok = AutoTokenizer.from_pretrained(base)
+    tok = use_chat_template(AutoTokenizer.from_pretrained(base), cfg)
     check_tokenizer(cfg, tok, base)
     dataset, over = to_dataset(pairs, tok, cfg)
     out.mkdir(parents=True, exist_ok=True)
