@@ -185,7 +185,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "judge":
             sp.add_argument("--submit-only", action="store_true",
                             help="judge.mode_api=batch: submit this round's batches and exit; a later `rlaif judge` "
-                                 "(or `rlaif run`) collects them, so a 24-hour window holds no process")
+                                 "(or `rlaif run`) collects them, so a 24-hour window holds no process; run it again "
+                                 "to collect what has finished and submit the next phase without waiting")
         if name == "train":
             sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                             help="continue from the last checkpoint in RUN_DIR/round-K/train (default: yes); "

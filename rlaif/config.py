@@ -151,11 +151,14 @@ class JudgeConfig(Strict):
     # the OpenAI Batch API (openai backend)
     mode_api: Literal["live", "batch"] = Field("live", description="live: chat calls now; batch: the Batch API (24h, half price)")
     batch_discount: float = Field(0.5, gt=0, le=1, description="batch price = prices x this (OpenAI: 50% off)")
-    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (OpenAI limit: 50,000)")
-    batch_max_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="bytes per batch file (OpenAI limit: 200 MB)")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (OpenAI limit: 50,000 per batch)")
+    batch_max_bytes: int = Field(200 * 1024 * 1024, ge=1024,
+                                 description="bytes per batch input file (OpenAI limit: 200 MB per batch)")
     batch_max_enqueued_tokens: int | None = Field(
-        None, ge=1, description="input tokens one batch may hold in the provider's queue (OpenAI: per model and "
-                                "tier, e.g. 2,000,000; see your limits page); None: no limit beyond requests and bytes")
+        None, ge=1, description="prompt tokens (estimated as characters / 3) your batches may hold in the provider's "
+                                "queue at once: each batch is cut to fit and the next is submitted only when those in "
+                                "flight leave room (OpenAI: per model and usage tier, see your organization's limits "
+                                "page; Azure: per deployment); None: no limit beyond requests and bytes")
     batch_poll_s: float = Field(30.0, gt=0, description="first poll interval; doubles up to batch_max_poll_s")
     batch_max_poll_s: float = Field(600.0, gt=0)
     batch_completion_window: str = Field("24h", description="the Batch API's completion_window")
