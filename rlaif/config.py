@@ -292,6 +292,7 @@ class TrainConfig(Strict):
             return v
         try:
             P.check_names(info.field_name, "", v, P.dataclass_fields(info.field_name))
+            P.check_values(info.field_name, v)
         except ValueError as e:
             raise _check_error(str(e)) from None
         except ImportError:  # a machine that only judges has no trl/peft: `rlaif check` names the missing package

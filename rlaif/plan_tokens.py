@@ -60,7 +60,7 @@ class TokenCounter:
         return max(1, round(len(s) / CHARS_PER_TOKEN))
 
 
-def _rendered(spec, kind: str, row: dict, other: str, item: str) -> list[dict]:
+def _rendered(spec, kind: str, row: dict, other: str, item: str, critique: str) -> list[dict]:
     chat = row["messages"]
     if kind == "pairwise":
         return spec.render("pairwise", chat, row["response"], other)
@@ -69,12 +69,14 @@ def _rendered(spec, kind: str, row: dict, other: str, item: str) -> list[dict]:
     if kind == "checklist_writer":
         return spec.render("checklist_writer", chat)
     if kind == "revision":
-        return spec.render("revision", chat, row["response"], "A critique of about a hundred words. " * 8)
+        return spec.render("revision", chat, row["response"], critique)
     return spec.render(kind if kind in ("score", "critique") else "score", chat, row["response"])
 
 
-def input_tokens(cfg, kind: str, accepted: pl.DataFrame, counter: TokenCounter, sample: int) -> float:
-    """Mean input tokens of `kind` calls over a seeded sample of the round's candidates."""
+def input_tokens(cfg, kind: str, accepted: pl.DataFrame, counter: TokenCounter, sample: int,
+                 critique_tokens: float = 0) -> float:
+    """Mean input tokens of `kind` calls over a seeded sample of the round's candidates; a revision call
+    carries its critique, stood in for by a text of `critique_tokens` tokens (measured, else the cap)."""
     from rlaif.judge.templates import build_spec
 
     spec = build_spec(cfg.judge)
@@ -84,11 +86,12 @@ def input_tokens(cfg, kind: str, accepted: pl.DataFrame, counter: TokenCounter, 
     rng = random.Random(cfg.seed)
     picks = rng.sample(rows, min(sample, len(rows)))
     items = [it.item for it in cfg.judge.items()] or ["?"]
+    critique = "word " * round(critique_tokens)
     counts = []
     for i, row in enumerate(picks):
         if kind == "reward":
             counts.append(counter.messages(list(row["messages"]) + [{"role": "assistant", "content": row["response"]}]))
             continue
         other = picks[(i + 1) % len(picks)]["response"]
-        counts.append(counter.messages(_rendered(spec, kind, row, other, items[i % len(items)])))
+        counts.append(counter.messages(_rendered(spec, kind, row, other, items[i % len(items)], critique)))
     return sum(counts) / len(counts)

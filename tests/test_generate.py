@@ -42,7 +42,8 @@ def test_candidates_schema_counts_and_manifest(tmp_path, tiny_model):
     m = json.loads(manifest_path.read_text())
     assert m["counts"]["candidates"] == 24 and m["counts"]["shards"] == 3
     assert m["tokens"]["completion"] == df["num_tokens"].sum()
-    assert m["sampling"] == {"n": 2, "max_tokens": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 0}
+    assert m["sampling"] == {"n": 2, "max_tokens": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 0,
+                             "sampling_args": {}, "engine_args": {}, "system_prompt": None, "chat_template": None}
     assert m["versions"]["torch"] and m["timing"]["tokens_per_s"] > 0
 
 

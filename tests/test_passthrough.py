@@ -28,6 +28,7 @@ def _cfg(tmp_path, model, *extra):
     ("train.trainer_args={warmup_step: 10}", ["trainer_args", "warmup_step", "did you mean 'warmup_steps'"]),
     ("train.trainer_args={beta: 0.3}", ["rlaif sets beta itself", "use train.beta"]),
     ("train.trainer_args={bf16: true}", ["rlaif sets bf16 itself"]),
+    ("train.trainer_args={lr_scheduler_type: cosin}", ["trainer_args", "cosin is not a valid SchedulerType"]),
     ("train.lora_args={use_dorra: true}", ["use_dorra", "did you mean 'use_dora'"]),
     ("train.lora_args={r: 4}", ["use train.lora_r"]),
     ("generate.sampling_args={min_pp: 0.1}", ["min_pp", "did you mean 'min_p'"]),

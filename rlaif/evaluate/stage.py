@@ -279,7 +279,10 @@ def run(cfg: RunConfig) -> Path:
               "judge_model": model, "heldout_prompts": cfg.evaluate.prompts,
               "policy": {"base": policy_base(cfg, k), "adapter": str(adapter_dir(cfg, k).resolve())},
               "sampling": {"temperature": cfg.evaluate.temperature,
-                           "max_tokens": cfg.evaluate.max_tokens or cfg.generate.max_tokens},
+                           "max_tokens": cfg.evaluate.max_tokens or cfg.generate.max_tokens,
+                           # the answers go through generate's settings (answers() above), so these apply too
+                           **{k: getattr(cfg.generate, k) for k in ("sampling_args", "system_prompt",
+                                                                     "chat_template")}},
               "timing": {"answers_s": round(t_gen, 3), "wall_s": round(time.perf_counter() - t0, 3)}}
     path = write_json(cfg.round_dir() / EVAL_JSON, result)
     print(headline(result))
