@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from servers import FakeJudgeServer, body_key
+from fake_openai_server import MODELS
 
 KEY = "sk-test-not-a-real-key"
 
@@ -158,7 +159,7 @@ def test_flip_policy_disagrees_about_p_of_the_time(server, client):
 
 
 def test_models_and_unrecognised_prompt(server, client):
-    assert [m.id for m in client.models.list()] == ["fake-judge"]
+    assert [m.id for m in client.models.list()] == MODELS and MODELS[0] == "fake-judge"
     with pytest.raises(openai.BadRequestError) as e:
         ask(client, [{"role": "user", "content": "no data blocks here"}])
     assert e.value.code == "unrecognised_prompt"

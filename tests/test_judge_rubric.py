@@ -83,7 +83,7 @@ def test_rubric_reaches_the_server_and_an_edit_rejudges(api, tmp_path):
     assert len(second) == len(first) and api.stats()["requests"] == 2 * n  # every key changed, all re-judged
 
 
-def test_rubric_file_user_template_and_bad_input(tmp_path, scripted):
+def test_rubric_file_user_template_and_bad_input(tmp_path, scripted, demo_model):
     write_candidates(tmp_path, TEXTS)
     stage.run(local_cfg(tmp_path, scripted, "judge.rubric=configs/rubrics/support-agent.md", "judge.mode=score"))
     rep = json.loads((tmp_path / "round-0" / "judge-report.json").read_text())
@@ -105,7 +105,8 @@ def test_rubric_file_user_template_and_bad_input(tmp_path, scripted):
                                                                 r"template needs the placeholder\(s\) \{conversation\}"))
     for override, msg in bad:
         res = subprocess.run([sys.executable, "-m", "rlaif", "judge", f"run_dir={tmp_path}", "prompts=x.jsonl",
-                              "judge.backend=local", f"judge.model={scripted}", override],
+                              # a real model folder: the preflight checks its tokenizer (the scripted one has none)
+                              "judge.backend=local", f"judge.model={demo_model}", override],
                              capture_output=True, text=True, cwd=ROOT)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1, res.stderr

@@ -67,9 +67,9 @@ def test_plan_lines_for_the_gpu_config_without_a_gpu_and_vllm_room():
 
 def test_trainer_and_lora_args_win_when_present():
     t = gpu8b().train
-    cfg = SimpleNamespace(train=SimpleNamespace(**dict(t), trainer_args={
+    cfg = SimpleNamespace(train=SimpleNamespace(**{**dict(t), "trainer_args": {
         "per_device_train_batch_size": 1, "gradient_checkpointing": False, "optim": "adamw_8bit"},
-        lora_args={"r": 64, "target_modules": ["q_proj", "v_proj"]}))
+        "lora_args": {"r": 64, "target_modules": ["q_proj", "v_proj"]}}))
     s = memory.settings(cfg, cuda=True)
     assert (s["batch_size"], s["gradient_checkpointing"], s["lora_r"]) == (1, False, 64)
     d = memory.read_dims(LLAMA8B)
