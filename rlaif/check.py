@@ -66,10 +66,8 @@ def check_keys_prices(cfg, stages: list[str], r: Report) -> None:
             continue
         if not j.model:
             r.problem("model", f"{prefix}.model", f"{prefix}.model: required with backend openai (the endpoint's model name)")
-        elif j.api_key_env and not os.environ.get(j.api_key_env):
-            r.problem("keys", f"{prefix}.api_key_env", f"{prefix}.api_key_env: environment variable {j.api_key_env} "
-                      "is not set (it names the variable; the key itself never goes in a config; api_key_env: null "
-                      "for a server without a key)")
+        else:
+            r.guard("keys", f"{prefix}.api_key_env", j.api_key)  # the stage's own lookup and words
         capped = j.max_cost_usd is not None or (prefix != "judge" and cfg.judge.max_cost_usd is not None)
         if capped and j.model and j.model not in j.prices:
             r.problem("prices", f"{prefix}.prices", f"{prefix}.prices: no price for {j.model!r}, so "
