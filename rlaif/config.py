@@ -86,10 +86,36 @@ class ChecklistItem(Strict):
 
 
 class JudgeConfig(Strict):
-    backend: Literal["openai", "local", "reward_model"] = Field(
-        "local", description="openai: any OpenAI-compatible endpoint; local: a causal LM in-process; "
-                             "reward_model: a sequence-classification reward model in-process")
-    model: str | None = Field(None, description="judge model name (openai) or folder (local, reward_model; default: the SFT model)")
+    backend: Literal["openai", "local", "vllm", "reward_model"] = Field(
+        "local", description="openai: any OpenAI-compatible endpoint; local: a causal LM in-process (transformers); "
+                             "vllm: the same judge in vLLM's offline engine (one queue per stage, verdicts from its "
+                             "logprobs); reward_model: a sequence-classification reward model in-process")
+    model: str | None = Field(
+        None, description="judge model name (openai) or folder (local, vllm, reward_model; default: the SFT model); "
+                          "'policy' (local, vllm): round k's candidates are judged by round k's sampling policy, the "
+                          "SFT model plus round k-1's adapter (Self-Rewarding, Yuan et al. 2024)")
+    meta: bool = Field(
+        False, description="judge.model=policy, mode score: the policy also judges its own judgments (Meta-Rewarding, "
+                           "Wu et al. 2024): pairs of its judgments of one response are compared in both orders and "
+                           "the preferred one becomes a judge-training pair (kind 'judge' in pairs.parquet)")
+    constrain: Literal["auto", "on", "off"] = Field(
+        "auto", description="constrain the reply to the verdict labels (OpenAI structured outputs, vLLM structured "
+                            "outputs / guided choice), so every verdict parses; auto: where the backend supports it "
+                            "(recorded in the judge identity); on: refuse a backend that cannot")
+    serve: bool = Field(
+        False, description="judge.backend=openai: rlaif starts `vllm serve judge.model` on a free local port for the "
+                           "stage, judges through it and stops it on exit or crash")
+    serve_args: dict[str, Any] = Field(
+        default_factory=dict, description="judge.serve: extra `vllm serve` flags by their names, e.g. "
+                                          "{max_model_len: 4096, gpu_memory_utilization: 0.4}")
+    processes: int = Field(
+        1, ge=1, description="judge.backend=openai (live): client processes for one stage, each sending its share of "
+                             "the calls into the one ledger (for local engines that answer faster than one process sends)")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0, description="judge.backend=vllm (and judge.serve): the judge engine's share of the GPU")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="judge.backend=vllm: more vllm.LLM / EngineArgs arguments by their names, "
+                                          "e.g. {max_model_len: 4096, enforce_eager: true}")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1; default: OpenAI's")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="name of the environment variable holding the API key; null: no key (a local "
@@ -199,6 +225,22 @@ class JudgeConfig(Strict):
         parts = urlsplit(url)
         return {"api_key": self.api_key(), "base_url": urlunsplit(parts._replace(query="")),
                 "default_query": dict(parse_qsl(parts.query, keep_blank_values=True))}
+
+    @model_validator(mode="after")
+    def _policy_judge(self):
+        if self.model == "policy" and self.backend not in ("local", "vllm"):
+            raise _check_error(f"model: policy judges with the policy's own weights: judge.backend local or vllm, "
+                               f"not {self.backend}")
+        if self.meta and (self.model != "policy" or self.mode != "score"):
+            raise _check_error("meta: true needs model: policy and mode: score (Meta-Rewarding's actor is judged "
+                               "by score; the meta-judge compares two of those judgments)")
+        if self.serve and self.backend != "openai":
+            raise _check_error("serve: true starts `vllm serve` and judges through its OpenAI API: judge.backend: "
+                               f"openai (with backend {self.backend} the judge runs in-process)")
+        if self.engine_args and self.backend != "vllm":
+            raise _check_error(f"engine_args.{next(iter(self.engine_args))}: vLLM engine arguments, for "
+                               "judge.backend: vllm (judge.serve takes serve_args)")
+        return self
 
     @model_validator(mode="after")
     def _default_key_goes_to_openai_only(self):
@@ -402,6 +444,9 @@ class EvaluateConfig(Strict):
     temperature: float = Field(0.0, ge=0, description="0: greedy; other sampling settings come from generate")
     max_tokens: int | None = Field(None, ge=1, description="None: generate.max_tokens")
     vs_previous: bool = Field(True, description="also judge round k's policy against round k-1's")
+    judge_policy: bool = Field(
+        False, description="with judge.model=policy: evaluate round k with round k's policy as the judge (biased toward "
+                           "itself: the report's first line says so); default: the SFT model judges the evaluation")
     pairs: str | None = Field(None, description="held-out pairs parquet (pairs schema) for implicit-reward accuracy")
     max_pairs: int = Field(256, ge=1, description="at most this many held-out pairs are scored")
     n_boot: int = Field(2000, ge=100, description="bootstrap resamples for the win-rate and check intervals")

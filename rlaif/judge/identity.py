@@ -2,7 +2,8 @@
 everything that can change a verdict is the same. That is the identity, part of every ledger key:
 
 - backend and model name; for local and reward-model judges, the model folder's content (rlaif.models.folder_id)
-  (a retrained or replaced model at the same path is another judge);
+  (a retrained or replaced model at the same path is another judge), and under judge.model=policy the
+  LoRA adapter's content too (each round's policy is another judge);
 - the endpoint (`judge.base_url`, credentials removed), unless `judge.identity` declares that
   several endpoints are one judge (replicas behind a balancer share verdicts);
 - the request style (`judge.api_style` as configured: under `auto` one endpoint and model always
@@ -24,8 +25,9 @@ def endpoint(base_url: str | None) -> str:
            f"{parts.path.rstrip('/')}"
 
 
-def judge_identity(cfg, model: str) -> dict:
-    """The judge identity dict of a JudgeConfig whose model resolved to `model`."""
+def judge_identity(cfg, model: str, adapter: str | None = None) -> dict:
+    """The judge identity dict of a JudgeConfig whose model resolved to `model` (plus a LoRA adapter
+    folder under judge.model=policy: by content, so round k's verdicts are never reused for round k+1)."""
     j = cfg
     if j.backend == "openai":
         ident = {"backend": "openai", "model": model, "endpoint": j.identity or endpoint(j.base_url),
@@ -36,7 +38,9 @@ def judge_identity(cfg, model: str) -> dict:
     from rlaif.models import folder_id
 
     ident = {"backend": j.backend, "model": j.identity or folder_id(model)}
-    if j.backend == "local" and j.explain:
+    if adapter:
+        ident["adapter"] = folder_id(adapter)
+    if j.backend in ("local", "vllm") and j.explain:
         ident["reply_tokens"] = j.reply_tokens()  # local explain generates text; the cap can cut it
     return ident
 

@@ -59,6 +59,7 @@ class Runner:
         if self.capped:
             ledger.sweep()  # calls in flight of a process that was killed are no longer in flight
         self.backend = None
+        self.adapter: str | None = None  # judge.model=policy after round 0: the adapter the judge loads
         self.stopped: str | None = None
         self.last_error: str | None = None
         self.stats = {"calls_made": 0, "retries": 0, "errors": 0, "invalid": 0, "tokens": 0, "seconds": 0.0}
@@ -166,6 +167,8 @@ class Runner:
         if self.backend is None:  # built only when something is left to send: a rerun loads no model
             extra = ({"owner": self.owner if self.capped else None, "submit_only": self.submit_only}
                      if self.batch else {})  # the batch backend holds a submitted batch's budget past this process
+            if self.adapter:  # judge.model=policy: the round's LoRA adapter on the model
+                extra["adapter"] = self.adapter
             self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry, **extra)
         self.bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="call")
         self.t0 = t0 = time.monotonic()

@@ -34,10 +34,36 @@ def judge_model_name(cfg) -> str:
         return j.model
     from rlaif.models import resolve_model
 
+    name = cfg.model if j.model in (None, "policy") else j.model  # policy: the SFT model (its adapter apart)
     try:
-        return resolve_model(j.model or cfg.model)
+        return resolve_model(name)
     except UserError as e:
         raise UserError(f"{'judge.model' if j.model else 'model (the judge defaults to it)'}: {e}") from None
+
+
+def judge_weights(cfg, after: int | None = None) -> tuple[str, str | None]:
+    """(model folder or name, LoRA adapter folder or None) of the judge. Under judge.model=policy the
+    judge is the policy after round `after`'s training (default cfg.round - 1: round k's sampling
+    policy, Self-Rewarding's judge of its own candidates); after < 0 is the SFT model. With
+    train.reference=previous that is the merged earlier policy plus the round's adapter, as generation
+    samples it (rlaif/train/policy.py)."""
+    if cfg.judge.model != "policy":
+        return judge_model_name(cfg), None
+    after = cfg.round - 1 if after is None else after
+    if after < 0:
+        return judge_model_name(cfg), None
+    from rlaif.train.policy import adapter_dir, policy_base
+
+    adapter = adapter_dir(cfg, after)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"judge.model=policy: round {after}'s adapter {adapter} is not trained yet (the judge of round "
+                        f"{after + 1} is that round's sampling policy); run round {after}'s train stage first")
+    return policy_base(cfg, after), str(adapter)
+
+
+def judge_label(model: str, adapter: str | None) -> str:
+    """How a report names the judging weights."""
+    return f"{model} + adapter {adapter}" if adapter else model
 
 
 def check_api_key(cfg) -> None:
@@ -52,15 +78,17 @@ def same_text(a: str, b: str) -> bool:
 
 
 class JudgeSession:
-    def __init__(self, cfg, ledger_path: str | Path) -> None:
+    def __init__(self, cfg, ledger_path: str | Path, policy_after: int | None = None) -> None:
+        """policy_after: under judge.model=policy, whose policy judges (judge_weights); ignored otherwise."""
         check_api_key(cfg)
         self.cfg, self.j = cfg, cfg.judge
         self.spec = T.build_spec(self.j)
-        self.model = judge_model_name(cfg)
-        self.identity = judge_identity(self.j, self.model)
+        self.model, self.adapter = judge_weights(cfg, policy_after)
+        self.identity = judge_identity(self.j, self.model, self.adapter)
         self.judge_id = judge_id(self.identity)
         self.ledger = Ledger(ledger_path)
         self.runner = Runner(cfg, self.ledger, self.model, self.spec, self.identity, self.judge_id)
+        self.runner.adapter = self.adapter
 
     def __enter__(self) -> "JudgeSession":
         return self

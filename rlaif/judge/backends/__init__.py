@@ -14,6 +14,7 @@ Which backend answers: the `BACKENDS` dict of "module:Class" strings, imported o
     openai_batch.py  judge.mode_api=batch: the same calls through the OpenAI Batch API, at the batch price
     governor.py      the live path's rate governor (rpm, tpm, shared by its workers, adapting down on 429s)
     local.py         judge.backend=local: a causal LM in-process, verdicts off the label logits
+    vllm_judge.py    judge.backend=vllm: the local judge's calls in vLLM's offline engine (LoRA adapters included)
     reward_model.py  judge.backend=reward_model: a sequence-classification model's scalar reward
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ BACKENDS = {
     "openai": "rlaif.judge.backends.openai_chat:OpenAIJudge",  # live chat completions, any compatible endpoint
     "openai-batch": "rlaif.judge.backends.openai_batch:BatchJudge",  # the OpenAI Batch API (judge.mode_api=batch)
     "local": "rlaif.judge.backends.local:LocalJudge",  # a causal LM in-process, verdicts off the logits
+    "vllm": "rlaif.judge.backends.vllm_judge:VLLMJudge",  # the same judge in vLLM's offline engine, one queue
     "reward_model": "rlaif.judge.backends.reward_model:RewardModelJudge",  # a sequence-classification reward model
 }
 

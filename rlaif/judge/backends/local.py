@@ -18,14 +18,19 @@ from rlaif.models import default_dtype, left_pad
 
 
 class LocalJudge:
-    def __init__(self, cfg, model: str, **_) -> None:
+    def __init__(self, cfg, model: str, adapter: str | None = None, **_) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tok = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=default_dtype()).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=default_dtype())
+        if adapter:  # judge.model=policy: the round's policy is the model plus its LoRA adapter
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter)
+        self.model = self.model.to(self.device).eval()
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
 
     def _ids(self, messages) -> list[int]:
