@@ -105,6 +105,9 @@ class JudgeConfig(Strict):
     serve: bool = Field(
         False, description="judge.backend=openai: rlaif starts `vllm serve judge.model` on a free local port for the "
                            "stage, judges through it and stops it on exit or crash")
+    serve_command: str | None = Field(
+        None, description="judge.serve: how to start the server, default `vllm serve` (e.g. /opt/vllm/bin/vllm serve); "
+                          "rlaif appends the model, --port and serve_args")
     serve_args: dict[str, Any] = Field(
         default_factory=dict, description="judge.serve: extra `vllm serve` flags by their names, e.g. "
                                           "{max_model_len: 4096, gpu_memory_utilization: 0.4}")

@@ -49,7 +49,8 @@ NOT_OUTPUT = {
     "judge": {"concurrency", "batch_size", "timeout_s", "max_retries", "max_backoff_s", "max_cost_usd", "max_calls",
               "prices", "ledger", "rpm", "tpm", "mode_api", "batch_discount", "batch_max_requests", "batch_max_bytes", "batch_max_enqueued_tokens",
               "batch_poll_s", "batch_max_poll_s", "batch_completion_window", "batch_fallback_live", "api_key_env",
-              "min_agreement", "model", "base_url", "identity"},
+              "min_agreement", "model", "base_url", "identity", "processes", "gpu_memory_utilization",
+              "serve_command"},
     "train": {"save_steps", "report_to"},
 }
 # Keys whose value may name a file or folder: it enters by content, not by its path.
