@@ -233,8 +233,8 @@ def check_models(cfg, stages: list[str], r: Report) -> None:
     if set(stages) & {"generate", "train", "evaluate"}:
         folders[(cfg.generate.model if "generate" in stages and cfg.generate.model else None) or cfg.model] = "model"
     for prefix, j in judges_in_use(cfg, stages):
-        if j.backend in ("local", "reward_model"):
-            folders.setdefault(j.model or cfg.model, f"{prefix}.model")
+        if j.backend in ("local", "vllm", "reward_model"):  # judge.model=policy: the SFT model (plus adapters)
+            folders.setdefault(cfg.model if j.model in (None, "policy") else j.model, f"{prefix}.model")
     override = getattr(cfg.generate, "chat_template", None)
     for name, key in folders.items():
         folder = _folder(name, key, r)

@@ -130,10 +130,23 @@ def _judge_parts(cfg) -> dict[str, str]:
     if j.backend == "openai":
         parts["judge.model"] = _h(j.model)
         parts["judge.endpoint"] = _h(j.identity or endpoint(j.base_url))
-    else:
-        parts["judge.model"] = _h(j.identity) if j.identity else _model(j.model or cfg.model)
+    elif j.identity:
+        parts["judge.model"] = _h(j.identity)
+    else:  # judge.model=policy: the SFT model here; the round's adapter enters in _made_from (policy_after)
+        parts["judge.model"] = _model(cfg.model if j.model in (None, "policy") else j.model)
     parts["judge.templates"] = _templates()
     return parts
+
+
+def _policy_judge(parts: dict, cfg, after: int, memo: dict) -> None:
+    """judge.model=policy: the policy after round `after` judges (rlaif.judge.session.judge_weights), so its
+    adapter's training is upstream: a retrained round k-1 makes round k's judgments stale."""
+    if cfg.judge.model == "policy" and after >= 0:
+        from rlaif.train.policy import adapter_dir
+
+        adapter = adapter_dir(cfg, after)  # by content, as generation's: one retrained in place differs
+        parts["judge.adapter"] = _folder(str(adapter)) if adapter.is_dir() else _h("not trained")
+        _upstream(parts, cfg, after, "train", memo)
 
 
 def _upstream(parts: dict, cfg, k: int, stage: str, memo: dict) -> None:
@@ -166,6 +179,7 @@ def _made_from(cfg, k: int, stage: str, memo: dict) -> dict:
             parts.update(_keys(cfg.revise, "revise", {"critic"}))
             if cfg.revise.critic:
                 parts["revise.critic"] = _h(_judge_parts(cfg.model_copy(update={"judge": cfg.revise.critic})))
+        _policy_judge(parts, cfg, k - 1, memo)
         _upstream(parts, cfg, k, "generate", memo)
     elif stage == "filter":
         parts.update(_keys(cfg.filter, "filter"))
@@ -183,7 +197,7 @@ def _made_from(cfg, k: int, stage: str, memo: dict) -> dict:
         parts.update(_keys(g, "generate", NOT_OUTPUT["generate"] | {"n", "shard_size", "max_prompts"}))
         parts.update(_judge_parts(cfg))
         parts.update(seed=_h(cfg.seed), model=_model(cfg.model))
-        _upstream(parts, cfg, k, "train", memo)
+        _upstream(parts, cfg, k, "train", memo)  # evaluate.judge_policy: this train is also the judge's
         if k > 0 and cfg.evaluate.vs_previous:
             _upstream(parts, cfg, k - 1, "train", memo)
     out = {"id": stable_id(parts, n=12), "parts": parts}

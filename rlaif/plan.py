@@ -160,7 +160,8 @@ def build(cfg) -> dict:
         cc = C.calibrate_calls(cfg, gold)
         calib = section(cfg, cc, gold, ctx, 1 + ("checklist_writer" in cc), "gold")
     return {"config": {"run_dir": cfg.run_dir, "rounds": cfg.rounds, "mode_api": cfg.judge.mode_api,
-                       "judge": f"{cfg.judge.backend}:{cfg.judge.model or cfg.model}"},
+                       "judge": f"{cfg.judge.backend}:{cfg.judge.model or cfg.model}"
+                                + (" (round k's sampling policy)" if cfg.judge.model == "policy" else "")},
             "tokenizer": counter.name, "rounds": rounds, "calibrate": calib,
             "total": totals(cfg, rounds, calib), "memory": memory(cfg)}
 

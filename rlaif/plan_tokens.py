@@ -18,8 +18,8 @@ class TokenCounter:
     def __init__(self, cfg) -> None:
         self.tok, self.enc = None, None
         j = cfg.judge
-        if j.backend in ("local", "reward_model"):
-            folder = self._folder(j.model or cfg.model)
+        if j.backend in ("local", "vllm", "reward_model"):
+            folder = self._folder(cfg.model if j.model in (None, "policy") else j.model)
             if folder:
                 from transformers import AutoTokenizer
 

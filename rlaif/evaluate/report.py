@@ -102,6 +102,8 @@ def headline(rounds: list[dict]) -> str:
              [f"LC n/a: {e['lc_reason']}"] if isinstance(e.get("lc_reason"), str) else []) + \
         ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else [])
     text = f"Round {r['round']} policy {verb} SFT: wins {_pct(e['win_rate'])}"
+    if e.get("judged_by_policy"):  # the first thing read: this figure is the policy's opinion of itself
+        text = f"Judged by the policy itself (biased toward it): {text[0].lower()}{text[1:]}"
     text += f" ({', '.join(notes)})" if notes else ""
     if moved := checks.headline(e.get("checks")):  # what the judge does not decide: the user's own checks
         text += f"; {moved}"
@@ -249,7 +251,8 @@ def judge_lines(rounds: list[dict]) -> list[str]:
         if not j:
             continue
         rub = j.get("rubric") or {}
-        out.append(f"- round {r['round']}: {j.get('judge_model')} ({j.get('backend')}, {j.get('mode')}, judge id "
+        who = f"{j['judged_by']}: " if j.get("judged_by") else ""
+        out.append(f"- round {r['round']}: {who}{j.get('judge_model')} ({j.get('backend')}, {j.get('mode')}, judge id "
                    f"{j.get('judge_id', '-')}); criteria: {rub.get('source', '-')} {rub.get('sha256', '')} "
                    f"\"{rub.get('first_line', '')}\"")
         for x in (j.get("rationales") or [])[:2]:

@@ -31,7 +31,7 @@ from rlaif.evaluate import lc_anchor as LA
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
 from rlaif.judge.pairs.compare import checklist_weights
-from rlaif.judge.session import JudgeSession, judge_model_name, same_text
+from rlaif.judge.session import JudgeSession, judge_label, judge_weights, same_text
 from rlaif.judge.candidates import read_candidates
 from rlaif.train.policy import adapter_dir, policy_base
 
@@ -160,9 +160,16 @@ def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: di
     return out, res
 
 
+def judge_after(cfg: RunConfig) -> int:
+    """Under judge.model=policy, whose policy judges the evaluation: the SFT model (-1) unless
+    evaluate.judge_policy asks for round k's own policy, which favours itself (a judge prefers what it
+    would have written: Zheng et al. 2023, "Judging LLM-as-a-Judge", self-enhancement bias)."""
+    return cfg.round if cfg.judge.model == "policy" and cfg.evaluate.judge_policy else -1
+
+
 def judge(cfg: RunConfig, groups: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     """Send every group's missing calls through the round's ledger; judgments per group."""
-    with JudgeSession(cfg, cfg.judge.ledger or cfg.round_dir() / "judge-ledger.sqlite") as js:
+    with JudgeSession(cfg, cfg.judge.ledger or cfg.round_dir() / "judge-ledger.sqlite", judge_after(cfg)) as js:
         plans = {name: plan_calls(cfg, js, m) for name, m in groups.items()}
         js.send([c for p in plans.values() for c in p], f"evaluate: judge ({cfg.evaluate.mode})")
         out = {name: js.results(p) for name, p in plans.items()}
@@ -239,7 +246,7 @@ def run(cfg: RunConfig) -> Path:
     k, t0 = cfg.round, time.perf_counter()
     edir = cfg.round_dir() / "eval"
     prompts = heldout_prompts(cfg)
-    model = judge_model_name(cfg)
+    model, adapter = judge_weights(cfg, judge_after(cfg))  # a missing judge is one line before any answer
     sft = answers(cfg, prompts, None)
     pol = answers(cfg, prompts, k)
     groups = {"sft": matchups(pol, sft)}
@@ -276,7 +283,8 @@ def run(cfg: RunConfig) -> Path:
                                                      "n_identical", "position_consistency")}
     ra = reward_accuracy(cfg, k)
     result = {"round": k, **res, **(ra or {}), "checks": checks, "vs_previous": vs_prev, "mode": cfg.evaluate.mode,
-              "judge_model": model, "heldout_prompts": cfg.evaluate.prompts,
+              "judge_model": judge_label(model, adapter), "judge_adapter": adapter,
+              "judged_by_policy": adapter is not None, "heldout_prompts": cfg.evaluate.prompts,
               "policy": {"base": policy_base(cfg, k), "adapter": str(adapter_dir(cfg, k).resolve())},
               "sampling": {"temperature": cfg.evaluate.temperature,
                            "max_tokens": cfg.evaluate.max_tokens or cfg.generate.max_tokens,
@@ -295,6 +303,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+BIASED = ("BIASED: round {k}'s policy judged its own answers against SFT's (evaluate.judge_policy: a judge "
+          "favours answers like its own); read the win rate as the policy's opinion of itself")
+
+
 def headline(e: dict) -> str:
     lo, hi = e["win_rate_ci"]
     lc = _pct(e["lc_win_rate"]) if e.get("lc_win_rate") is not None else f"n/a ({e.get('lc_reason')})"
@@ -308,4 +320,6 @@ def headline(e: dict) -> str:
         text += f"; vs round {e['round'] - 1}: {_pct(e['vs_previous']['win_rate'])}"
     if e.get("reward_accuracy") is not None:
         text += f"; implicit-reward accuracy {_pct(e['reward_accuracy'])} on {e['n_reward_pairs']} held-out pairs"
+    if e.get("judged_by_policy"):
+        text = f"evaluate: {BIASED.format(k=e['round'])}\n{text}"
     return text

@@ -82,7 +82,8 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     print_report(report)
     gate(js, report)
     write_json(rdir / MANIFEST, {"stage": "judge", "round": cfg.round, "judge_id": js.judge_id,
-                                 "judge_model": js.model, "calls": report["calls"], "pending_calls": 0,
+                                 "judge_model": js.model, "judge_adapter": js.adapter, "judged_by": report["judged_by"],
+                                 "calls": report["calls"], "pending_calls": 0,
                                  "judgments": judgments.height, "rubric": report["rubric"],
                                  "wall_s": round(time.perf_counter() - t0, 3)})
     from rlaif.judge.pairs.filter import run as run_filter

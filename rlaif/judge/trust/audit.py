@@ -47,14 +47,18 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
     gov = getattr(backend, "governor", None)  # openai backend with judge.rpm/tpm set
     extra = {"rate_governor": gov.stats()} if gov is not None and getattr(gov, "active", False) else {}
     return {
-        "judge_model": model, "backend": j.backend, "mode": js.score_kind if js.score_kind != "score" else j.mode,
+        "judge_model": model, "judge_adapter": js.adapter, "judged_by": judged_by(cfg, js),
+        "backend": j.backend, "mode": js.score_kind if js.score_kind != "score" else j.mode,
         "strategy": j.strategy if js.score_kind == "score" else "best_vs_worst",
         "judge_id": js.judge_id, "identity": js.identity,
         "rubric": js.spec.rubric_id if j.backend != "reward_model" else {"source": "reward model", "sha256": "-",
                                                                           "first_line": "its own learned reward"},
         "explain": j.explain, "verdicts": j.verdicts,
         "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
-        "self_judging": model in (cfg.model, _resolved(cfg.model)),
+        # the judge's weights are this round's sampling policy's: round 0's is the SFT model, round
+        # k's the SFT model plus round k-1's adapter (judge.model=policy); a frozen SFT judge of round
+        # k >= 1 is not self-judging
+        "self_judging": j.model == "policy" or (cfg.round == 0 and model in (cfg.model, _resolved(cfg.model))),
         "inputs": {"candidates_in": cands.height, "accepted": cands.height - sum(rejected.values()),
                    "rejected": rejected},
         "calls": judgments["key"].n_unique(), "calls_per_prompt": judgments.height / prompts if prompts else None,
@@ -126,11 +130,22 @@ def _resolved(name: str) -> str | None:
     return name
 
 
+def judged_by(cfg, js) -> str:
+    """Which weights judged this round, in words (judge-report.json, report.md, the pairs card)."""
+    if cfg.judge.model == "policy":
+        return (f"round {cfg.round}'s sampling policy: the SFT model + round {cfg.round - 1}'s adapter" if js.adapter
+                else "round 0's sampling policy: the SFT model")
+    if cfg.judge.backend != "openai" and js.model in (cfg.model, _resolved(cfg.model)):
+        return "the SFT model" + (" (frozen: not the policy that sampled this round)" if cfg.round else "")
+    return js.model
+
+
 def print_report(r: dict) -> None:
     def fmt(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     rows = [("judge", f"{r['judge_model']} ({r['backend']}, {r['mode']}/{r['strategy']}, id {r['judge_id']})"),
+            ("judged by", r["judged_by"]),
             ("rubric", f"{r['rubric']['source']} {r['rubric']['sha256']}: {r['rubric']['first_line'][:60]}"),
             ("calls (this run)", f"{r['calls']} ({r['calls_made_this_run']}, {r['retries_this_run']} retries)"),
             ("calls per prompt", fmt(r["calls_per_prompt"])), ("cost USD", f"{r['cost_usd']:.4f}"),

@@ -263,12 +263,13 @@ def check_min_agreement(cfg) -> None:
     """`rlaif judge` with judge.min_agreement: start only if this judge's latest calibration meets it."""
     from rlaif.judge import templates as T
     from rlaif.judge.identity import judge_id, judge_identity
-    from rlaif.judge.session import judge_model_name
+    from rlaif.judge.session import judge_weights
 
     j = cfg.judge
     if j.min_agreement is None:
         return
-    jid = judge_id(judge_identity(j, judge_model_name(cfg)))
+    # judge.model=policy: this round's judge (round=K calibrates round K's policy judge, as JudgeSession does)
+    jid = judge_id(judge_identity(j, *judge_weights(cfg)))
     version = _version(T.build_spec(j), label_kind(j))
     path = judge_file(Path(cfg.run_dir) / "calibration", jid, version)
     try:
