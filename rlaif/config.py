@@ -98,6 +98,11 @@ class JudgeConfig(Strict):
         False, description="judge.model=policy, mode score: the policy also judges its own judgments (Meta-Rewarding, "
                            "Wu et al. 2024): pairs of its judgments of one response are compared in both orders and "
                            "the preferred one becomes a judge-training pair (kind 'judge' in pairs.parquet)")
+    meta_judgments: int = Field(
+        3, ge=2, le=16, description="judge.meta: judgments sampled per candidate (each pair of one response's judgments "
+                                    "is meta-judged in both orders: k(k-1) calls for the response chosen)")
+    meta_temperature: float = Field(1.0, gt=0, description="judge.meta: sampling temperature of those judgments")
+    meta_max_tokens: int = Field(192, ge=16, description="judge.meta: reply cap of a judgment (rationale + score)")
     constrain: Literal["auto", "on", "off"] = Field(
         "auto", description="constrain the reply to the verdict labels (OpenAI structured outputs, vLLM structured "
                             "outputs / guided choice), so every verdict parses; auto: where the backend supports it "

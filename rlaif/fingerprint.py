@@ -36,7 +36,8 @@ MARKER = {"generate": "candidates.manifest.json", "judge": "judge.manifest.json"
           "train": "train/train.manifest.json", "evaluate": "eval/eval.json"}
 # What a stale stage's rerun moves aside (never the judge ledger: unchanged calls stay paid for).
 OUTPUTS = {"generate": ["candidates", "candidates.manifest.json"],
-           "judge": ["judgments.parquet", "judge-report.json", "judge.manifest.json", "revisions.parquet"],
+           "judge": ["judgments.parquet", "judge-report.json", "judge.manifest.json", "revisions.parquet",
+                     "meta-judgments.parquet", "meta-pairs.parquet"],
            "filter": ["pairs.parquet", "pairs.card.json"],
            "train": ["train"], "evaluate": ["eval"]}
 # Bump when a stage's code changes what it writes for the same inputs.

@@ -44,6 +44,10 @@ def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tup
     plan, identical = rank_round(js, cfg, accepted) if cfg.pairs.source != "revise" else ([], 0)
     if revise and not js.runner.stopped:
         plan += revise.revise_round(js, cfg, accepted)
+    if cfg.judge.meta and not js.runner.stopped:  # Meta-Rewarding: the judge's own pairs (pairs/meta.py)
+        from rlaif.judge.pairs import meta
+
+        js.meta = meta.meta_round(js, cfg, accepted, cfg.round_dir())
     return plan, identical
 
 
@@ -57,6 +61,8 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
         raise UserError(f"rlaif judge --submit-only: for judge.mode_api=batch (judge.backend={j.backend}, "
                         f"judge.mode_api={j.mode_api}): live calls have no batch to submit")
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
+    for stale in ("meta-judgments.parquet", "meta-pairs.parquet"):  # judge.meta writes them anew, or nobody
+        (rdir / stale).unlink(missing_ok=True)
     cands = read_candidates(rdir)
     accepted, rejected = split_inputs(cands, j)
     js = JudgeSession(cfg, j.ledger or rdir / "judge-ledger.sqlite")
@@ -78,6 +84,9 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments))
     if js.runner.batch and js.runner.admission:
         report["batch_admission"] = admission_report(js.runner)
+    if getattr(js, "meta", None):
+        report["meta"] = js.meta
+        report["pending_calls"] += js.meta["pending_calls"]
     write_json(rdir / "judge-report.json", report)
     print_report(report)
     gate(js, report)

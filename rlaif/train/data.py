@@ -31,7 +31,10 @@ def load_pairs(cfg: RunConfig) -> tuple[pl.DataFrame, dict]:
     pairs = pairs.filter(pl.col("chosen").str.strip_chars() != pl.col("rejected").str.strip_chars())
     if pairs.is_empty():
         raise UserError(f"{where}: every pair has identical chosen and rejected responses; nothing to learn")
-    return pairs, {"pairs_in": pairs.height + same.height, "identical_dropped": same.height}
+    # judge.meta: Meta-Rewarding's judge pairs train with the actor pairs, counted apart
+    judge = sum(pl.scan_parquet(f).filter(pl.col("kind") == "judge").select(pl.len()).collect().item()
+                for f in files if "kind" in pl.read_parquet_schema(f))
+    return pairs, {"pairs_in": pairs.height + same.height, "identical_dropped": same.height, "judge_pairs_in": judge}
 
 
 def check_tokenizer(cfg: RunConfig, tok, model_path: str) -> None:

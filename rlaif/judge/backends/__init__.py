@@ -51,6 +51,10 @@ class Call:
     item: str | None = None  # checklist item id, e.g. "0" (kind checklist)
     max_tokens: int = 8  # reply token cap for this call
     version: str | None = None  # its template version when not the session spec's (a principle's spec)
+    # free-text calls only: sample instead of greedy (Meta-Rewarding's several judgments of one response,
+    # rlaif/judge/pairs/meta.py); the seed makes a call's sample reproducible where the backend allows
+    temperature: float = 0.0
+    seed: int | None = None
 
 
 @dataclass

@@ -70,17 +70,30 @@ class LocalJudge:
     def _generate(self, batch: list[Call], prompts: list[list[int]]) -> list[tuple[str, str]]:
         import torch
 
+        if any(c.temperature > 0 for c in batch):  # sampled calls: one at a time, each under its own seed
+            return [self._sample(c, p) for c, p in zip(batch, prompts)]
         ids, mask = left_pad(prompts, self.pad)
         n = max(c.max_tokens for c in batch)
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=n, do_sample=False, pad_token_id=self.pad)
-        res = []
-        for row in out[:, ids.shape[1]:].cpu().tolist():
-            stop = self.tok.eos_token_id in row
-            row = row[:row.index(self.tok.eos_token_id)] if stop else row
-            res.append((self.tok.decode(row, skip_special_tokens=True), "stop" if stop else "length"))
-        return res
+        return [self._text(row) for row in out[:, ids.shape[1]:].cpu().tolist()]
+
+    def _sample(self, call: Call, prompt: list[int]) -> tuple[str, str]:
+        import torch
+
+        ids = torch.tensor([prompt], device=self.device)
+        torch.manual_seed(call.seed or 0)  # the global generator, seeded per call: reproducible per call
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                      temperature=call.temperature, top_p=1.0, top_k=0,
+                                      max_new_tokens=call.max_tokens, pad_token_id=self.pad)
+        return self._text(out[0, ids.shape[1]:].cpu().tolist())
+
+    def _text(self, row: list[int]) -> tuple[str, str]:
+        stop = self.tok.eos_token_id in row
+        row = row[:row.index(self.tok.eos_token_id)] if stop else row
+        return self.tok.decode(row, skip_special_tokens=True), "stop" if stop else "length"
 
     def run(self, calls, on_reply) -> None:
         it = iter(calls)

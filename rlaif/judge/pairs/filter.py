@@ -167,6 +167,17 @@ def _why_unfinished(rdir: Path) -> str:
     return "its audit failed: see judge-report.json (invalid rate, position consistency)"
 
 
+def with_judge_pairs(rdir: Path, pairs: pl.DataFrame, card: dict) -> tuple[pl.DataFrame, dict]:
+    from rlaif.judge.pairs.meta import PAIRS_FILE, PAIRS_OUT
+
+    path = rdir / PAIRS_FILE
+    if not path.exists():
+        raise UserError(f"{path}: not found with judge.meta: true; rerun `rlaif judge` (it writes the judge pairs)")
+    jp = read_parquet_checked(path, PAIRS_OUT, "judge pairs")
+    out = pl.concat([pairs.with_columns(kind=pl.lit("actor")), jp], how="diagonal_relaxed")
+    return out, {**card, "kinds": {"actor": pairs.height, "judge": jp.height}}
+
+
 def run(cfg: RunConfig) -> Path:
     """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
     judgments, candidates = _read(cfg)
@@ -176,6 +187,8 @@ def run(cfg: RunConfig) -> Path:
 
     revisions = read_revisions(rdir, judgments)  # pairs.source revise|both
     pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights, revisions)
+    if cfg.judge.meta:  # Meta-Rewarding's judge pairs beside the actor pairs, counted apart (pairs/meta.py)
+        pairs, card = with_judge_pairs(rdir, pairs, card)
     path = write_parquet(rdir / "pairs.parquet", pairs, pairs.schema)
     write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card,
                                           "checklist": checklist_items(cfg.judge)})
@@ -185,6 +198,8 @@ def run(cfg: RunConfig) -> Path:
     for name, k in card["removed"].items():
         print(f"  {name:<20}{k:>10}{k / n:>9.1%}")
     print(f"  {'kept':<20}{card['kept']:>10}{card['kept'] / n:>9.1%}")
+    if "kinds" in card:
+        print(f"  judge pairs (judge.meta): {card['kinds']['judge']}, beside {card['kinds']['actor']} actor pairs")
     for src, sc in card.get("sources", {}).items():  # pairs.source both: each source apart
         rate = sc.get("confirmation_rate")
         print(f"  {src}: {sc['comparisons_in']} comparisons -> {sc['kept']} pairs, {sc['calls']} calls"
