@@ -211,7 +211,15 @@ def check_backends(cfg, stages: list[str], r: Report) -> None:
     if "generate" in stages:
         need.append(("generate.backend", cfg.generate.backend if cfg.generate.backend == "vllm" else "transformers"))
     for prefix, j in judges_in_use(cfg, stages):
-        need.append((f"{prefix}.backend", "openai" if j.backend == "openai" else "transformers"))
+        need.append((f"{prefix}.backend", {"openai": "openai", "vllm": "vllm"}.get(j.backend, "transformers")))
+        if j.serve:  # rlaif starts the server itself: its command must be there before the stage starts
+            import shlex
+            import shutil
+
+            exe = shlex.split(j.serve_command or "vllm serve")[0]
+            if shutil.which(exe) is None:
+                r.problem("backends", f"{prefix}.serve_command", f"{prefix}.serve: {exe!r} is not on PATH here "
+                          f"(pip install 'rlaif[vllm]' on the GPU machine, or {prefix}.serve_command: the full path)")
     if "train" in stages:
         need += [("train", "trl"), ("train", "peft")]
     for key, pkg in dict.fromkeys(need):
@@ -293,7 +301,57 @@ def check_gpus(cfg, stages: list[str], r: Report) -> None:
                   f"{g.tensor_parallel_size * g.data_parallel_size} GPUs, but {n} are visible")
 
 
-CHECKS = (check_keys_prices, check_files, check_backends, check_models, check_endpoint, check_margins, check_gpus)
+# What may hold a GPU share while a stage runs, above the rest of the process (issue 22 item 6).
+SHARE_LIMIT = 0.95  # two engines in one process fit only when their shares leave room for the CUDA context
+
+
+def engine_share(j) -> float | None:
+    """The card share a judge's engine claims (judge.backend=vllm, or the server judge.serve starts)."""
+    if j.backend == "vllm" or j.serve:
+        return float(j.serve_args.get("gpu_memory_utilization", j.gpu_memory_utilization)) if j.serve \
+            else j.gpu_memory_utilization
+    return None
+
+
+def gpu_plan(cfg, stages: list[str]) -> list[str]:
+    """What holds the GPU, in order. Stages run one at a time, each in its own process (rlaif run);
+    inside evaluate the answers' engine is closed before the judge loads (generate/sample.py), so only
+    the judge stage can hold two engines at once: the judge's and revise.critic's."""
+    g, out = cfg.generate, []
+    gen = (f"vLLM engine at generate.gpu_memory_utilization={g.gpu_memory_utilization} of "
+           f"{g.tensor_parallel_size} GPU(s)" if g.backend == "vllm" else "transformers model")
+    judges = {p: j for p, j in judges_in_use(cfg, stages)}
+    def judge_words(j) -> str:
+        share = engine_share(j)
+        what = "`vllm serve`" if j.serve else "vLLM engine" if j.backend == "vllm" else f"{j.backend} judge"
+        return what + (f" at {share} of the card" if share is not None else "")
+    if "generate" in stages:
+        out.append(f"generate: {gen}; released when the stage ends")
+    if "judge" in stages and judges:
+        held = " + ".join(f"{p} ({judge_words(j)})" for p, j in judges.items())
+        out.append(f"judge: {held}" + ("; both held at once" if len(judges) > 1 else "") + "; released when it ends")
+    if "train" in stages:
+        out.append("train: the policy with its adapter (rlaif plan estimates the memory); released when it ends")
+    if "evaluate" in stages:
+        out.append(f"evaluate: {gen} for the answers, closed, then the judge ({judge_words(cfg.judge)})")
+    return out
+
+
+def check_gpu_sharing(cfg, stages: list[str], r: Report) -> None:
+    """Two engines at once only when their shares are set to fit one card together."""
+    r.info["gpu_plan"] = gpu_plan(cfg, stages)
+    judges = [(p, j, engine_share(j)) for p, j in judges_in_use(cfg, stages) if "judge" in stages]
+    both = [(p, s) for p, _, s in judges if s is not None]
+    if len(both) == 2 and sum(s for _, s in both) > SHARE_LIMIT:
+        (p1, s1), (p2, s2) = both
+        r.problem("gpus", f"{p2}.gpu_memory_utilization",
+                  f"{p1} and {p2} each start a vLLM engine and the judge stage holds both at once: "
+                  f"{p1}.gpu_memory_utilization {s1} + {p2}.gpu_memory_utilization {s2} = {s1 + s2:.2f} of one "
+                  f"card > {SHARE_LIMIT}; give them shares that fit together (e.g. 0.45 each), or one judge for both")
+
+
+CHECKS = (check_keys_prices, check_files, check_backends, check_models, check_endpoint, check_margins, check_gpus,
+          check_gpu_sharing)
 
 
 def collect(cfg, stages: list[str], r: Report | None = None) -> Report:
@@ -335,6 +393,8 @@ def main(config: str | None, overrides: list[str], stages: list[str] | None, as_
         return 2 if r.problems else 0
     for w in r.warnings:
         print(f"warning: {w}")
+    for line in r.info.get("gpu_plan", []):
+        print(f"gpu: {line}")
     for line in r.lines():
         print(f"problem: {line}")
     checked = ", ".join(r.info.get("stages", []))

@@ -33,6 +33,7 @@ class TransformersBackend:
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = sorted(e for e in eos if e is not None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
         sample = cfg.temperature > 0
         # transformers refuses num_return_sequences > 1 when greedy; the n answers would be equal anyway.
         self.returns = cfg.n if sample else 1
@@ -46,6 +47,13 @@ class TransformersBackend:
         self.stops = self.gen_config.stop_strings or []
         if isinstance(self.stops, str):
             self.stops = [self.stops]
+
+    def close(self) -> None:
+        """Free the model before this process loads another (evaluate's judge after its answers)."""
+        from rlaif.generate.backends import release_gpu
+
+        self.model = None
+        release_gpu()
 
     def _batch(self, prompts: list[list[int]]) -> list[list[Sample]]:
         import torch

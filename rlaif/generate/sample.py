@@ -66,14 +66,18 @@ def sample_missing(cfg: RunConfig, model: str, chats: dict, plan: dict, tokens: 
                     copies=g.n if (g.temperature == 0 and g.backend == "transformers") else 1)
     shard_of = {pid: i for i in todo for pid in plan["shards"][i]}
     waiting = {i: {} for i in todo}  # shard -> prompt_id -> Done, until the shard is whole
-    for d in backend.generate(shards):
-        i = shard_of[d.request.prompt_id]
-        waiting[i][d.request.prompt_id] = d
-        bar.prompt_done(d)
-        if len(waiting[i]) == len(plan["shards"][i]):
-            done = waiting.pop(i)
-            write_parquet(shard_path(out, i), rows(cfg, chats, [done[p] for p in plan["shards"][i]], tag))
-            bar.shard_written()
+    try:
+        for d in backend.generate(shards):
+            i = shard_of[d.request.prompt_id]
+            waiting[i][d.request.prompt_id] = d
+            bar.prompt_done(d)
+            if len(waiting[i]) == len(plan["shards"][i]):
+                done = waiting.pop(i)
+                write_parquet(shard_path(out, i), rows(cfg, chats, [done[p] for p in plan["shards"][i]], tag))
+                bar.shard_written()
+    finally:  # the engine's memory goes back before anything else in this process loads (evaluate's judge)
+        if hasattr(backend, "close"):
+            backend.close()
     bar.close()
     if waiting:  # a backend bug, never a user's: say which shards stay missing
         raise RuntimeError(f"generate: the backend left prompts of shards {sorted(waiting)} unanswered")

@@ -16,7 +16,7 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
-from rlaif.generate.backends import Done, Request, Sample
+from rlaif.generate.backends import Done, Request, Sample, release_gpu
 
 if TYPE_CHECKING:
     from rlaif.config import GenerateConfig
@@ -52,6 +52,7 @@ def engine_args(model: str, cfg: GenerateConfig, seed: int) -> dict:
 class VLLMBackend:
     def __init__(self, model: str, cfg: GenerateConfig, seed: int, llm=None) -> None:
         """`llm`: an engine already built with engine_args (bench/generate_vllm.py shares one across sides)."""
+        self.owned = llm is None  # an engine built here is released here (close); a shared one is its owner's
         if llm is None:
             from vllm import LLM
 
@@ -67,6 +68,20 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             self.lora = LoRARequest("policy", 1, cfg.adapter)
+
+    def close(self) -> None:
+        """Shut the engine down and hand its GPU memory back before this process starts another engine on
+        the same card: evaluate samples held-out answers, then its judge loads (a vLLM judge asks for
+        judge.gpu_memory_utilization of the card, which generation's engine would still hold; issue 22).
+        The V1 engine core runs in its own process: shutdown() ends it (vllm/v1/engine/core_client.py)."""
+        if not self.owned or self.llm is None:
+            return
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        release_gpu()
 
     def _params(self, seed: int):
         from vllm import SamplingParams
