@@ -48,6 +48,10 @@ def reply_cap(cfg, kind: str) -> tuple[float, str]:
         return j.max_completion_tokens, "judge.max_completion_tokens cap (reasoning: hidden tokens billed)"
     if kind in CRITIC_KINDS:
         return cfg.revise.max_tokens, "revise.max_tokens cap"
+    if kind == "judgment":
+        return j.meta_max_tokens, "judge.meta_max_tokens cap"
+    if kind == "meta_pairwise":
+        return 1, "one label read off the logits"
     return j.reply_tokens(), "reply cap (judge.max_tokens)"
 
 

@@ -42,6 +42,10 @@ def judge_calls(cfg, accepted: pl.DataFrame) -> dict[str, int]:
         if cfg.revise.confirm:  # pairwise: both orders; score: revision and original each scored
             key = "pairwise" if cfg.judge.mode == "pairwise" else "score"
             calls[key] = calls.get(key, 0) + 2 * prompts
+    if cfg.judge.meta:  # Meta-Rewarding (rlaif/judge/pairs/meta.py): J judgments a candidate, then the
+        m = cfg.judge.meta_judgments  # meta-judge on one candidate's J judgments a prompt, both orders
+        calls["judgment"] = accepted.height * m
+        calls["meta_pairwise"] = accepted["prompt_id"].n_unique() * m * (m - 1)
     return calls
 
 
