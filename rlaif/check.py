@@ -66,7 +66,7 @@ def check_keys_prices(cfg, stages: list[str], r: Report) -> None:
             continue
         if not j.model:
             r.problem("model", f"{prefix}.model", f"{prefix}.model: required with backend openai (the endpoint's model name)")
-        else:
+        elif not j.serve:  # judge.serve: rlaif's own server, started with no key (rlaif/judge/serve.py)
             r.guard("keys", f"{prefix}.api_key_env", j.api_key)  # the stage's own lookup and words
         capped = j.max_cost_usd is not None or (prefix != "judge" and cfg.judge.max_cost_usd is not None)
         if capped and j.model and j.model not in j.prices:
@@ -80,8 +80,8 @@ def check_endpoint(cfg, stages: list[str], r: Report) -> None:
     from rlaif.credentials import redact_url
 
     for prefix, j in judges_in_use(cfg, stages):
-        if j.backend != "openai" or not j.model:
-            continue
+        if j.backend != "openai" or not j.model or j.serve:
+            continue  # judge.serve: the server starts with the stage; there is no endpoint to ask yet
         keyless = bool(j.api_key_env and not os.environ.get(j.api_key_env))  # its own line; still probe the URL
         if keyless and not j.base_url:
             continue  # OpenAI's own endpoint: without the key there is nothing more to learn

@@ -198,6 +198,11 @@ class JudgeConfig(Strict):
     batch_completion_window: str = Field("24h", description="the Batch API's completion_window")
     batch_fallback_live: bool = Field(False, description="send expired or failed batch items as live calls")
 
+    @field_validator("constrain", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        return ("on" if v else "off") if isinstance(v, bool) else v  # YAML 1.1 reads a bare on/off as true/false
+
     def reply_tokens(self) -> int:
         """Chat-style reply cap: a verdict is a few tokens, a rationale needs room."""
         return self.max_tokens or (512 if self.explain else 16)

@@ -7,6 +7,8 @@ Prints ``PORT <n>`` as its first stdout line, then serves until killed. It speak
 chat-completions API for the real ``openai`` client: it reads the fenced data blocks of rlaif's judge
 templates (``<<<BEGIN_DATA id=X>>>`` ... ``<<<END_DATA id=X>>>``, ids conversation/A/B or
 conversation/R), answers as a scripted judge (see POLICIES), and injects faults on demand.
+A constrained request (OpenAI's response_format json_schema with an enum, or vLLM's structured_outputs
+choice: rlaif/judge/constrain.py) gets one of its labels, as JSON or bare, whatever the prompt asks.
 It answers in the form the prompt's answer format asks for (a rationale first with "First explain
 your judgement", the five-way [[A>B]] scale, Yes/No for a checklist question), and with
 `logprobs: true` it returns logprobs for every reply token, as the API does: the verdict's
@@ -17,7 +19,8 @@ A prompt with an ``original`` block is a critique (ids conversation/original) or
 
 Endpoints
   GET  /health               200 {"status": "ok"}
-  GET  /v1/models            one model, "fake-judge"
+  GET  /v1/models            the MODELS, owned_by $FAKE_OPENAI_OWNED_BY (default "rlaif-tests"; "vllm" makes it
+                             look like vLLM's server, which alone takes `structured_outputs` in a chat body)
   POST /v1/chat/completions  the judge (Bearer auth when --api-key or $FAKE_OPENAI_API_KEY is set)
   POST /_control             JSON, every key optional:
          {"policy": "hash"|"longer"|"first"|"quality"|"flip:P",
@@ -83,7 +86,7 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from judge_replies import api_logprobs, reply_plan  # noqa: E402
+from judge_replies import _plain, api_logprobs, reply_plan  # noqa: E402
 from judge_replies import content as plan_text  # noqa: E402
 
 MODEL = "fake-judge"
@@ -92,6 +95,10 @@ MODEL = "fake-judge"
 MODELS = [MODEL, "fake-judge-2", "m", "gpt-4.1-mini", "gpt-5-mini", "openai/gpt-5-mini", "o3", "o4-mini"]
 BLOCK = re.compile(r"<<<BEGIN_DATA id=([A-Za-z0-9_]+)>>>\n(.*?)\n<<<END_DATA id=\1>>>", re.DOTALL)
 GOOD = re.compile(r"\bGOOD\b")
+# owned_by in GET /v1/models: $FAKE_OPENAI_OWNED_BY=vllm makes the server look like vLLM's (whose model
+# cards say "vllm"), and only then does it take vLLM's `structured_outputs` body field; OpenAI's API
+# refuses an unknown argument with a 400.
+OWNED_BY = os.environ.get("FAKE_OPENAI_OWNED_BY") or "rlaif-tests"
 FAULT_TYPES = {"429", "quota", "500", "503", "hang", "drip", "drop", "malformed", "empty_choices", "text", "length",
                "400"}
 
@@ -334,12 +341,42 @@ def judge(state: State, blocks: dict[str, str], checklist: bool = False) -> tupl
     return "score", str(s)
 
 
+def allowed_labels(req: dict) -> tuple[list[str] | None, str | None]:
+    """(labels, how) a constrained request allows: vLLM's structured_outputs {"choice": [...]} ("choice")
+    or OpenAI's response_format json_schema with an enum under properties.verdict ("json"); else (None, None)."""
+    so = req.get("structured_outputs")
+    if isinstance(so, dict) and so.get("choice"):
+        return [str(c) for c in so["choice"]], "choice"
+    rf = req.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {}
+        enum = (props.get("verdict") or {}).get("enum")
+        if enum:
+            return [str(e) for e in enum], "json"
+    return None, None
+
+
+def constrained_plan(kind: str, verdict: str, graded: bool, labels: list[str], how: str):
+    """The scripted verdict as one of the allowed labels (the first one when the script's is not allowed:
+    a constrained server cannot say "tie" where only A and B are allowed), alone (choice) or as the JSON
+    object {"verdict": "<label>"} whose label is its own token, as OpenAI's tokenizer splits it."""
+    plan = reply_plan(kind, verdict, False, graded)
+    if plan_text(plan) not in labels:
+        plan = reply_plan(kind, labels[0], False, graded)
+    if how == "choice":
+        return plan
+    return [(t, _plain(t, 0.99)) for t in ('{"', "verdict", '":"')] + plan + [('"}', _plain('"}', 0.99))]
+
+
 def verdict_completion(state: State, req: dict, blocks: dict[str, str], prompt: str, reasoning: int | None) -> dict:
     """The scripted verdict in the form the prompt asks for, with logprobs for every reply token
-    when asked (tests/judge_replies.py): the verdict's distribution sits at the verdict's token."""
+    when asked (tests/judge_replies.py): the verdict's distribution sits at the verdict's token.
+    A constrained request (allowed_labels) gets one of its labels, whatever the prompt asks."""
     a = asks(prompt)
     kind, verdict = judge(state, blocks, a["checklist"])
-    plan = reply_plan(kind, verdict, a["explain"], a["graded"])
+    labels, how = allowed_labels(req)
+    plan = (constrained_plan(kind, verdict, a["graded"], labels, how) if labels else
+            reply_plan(kind, verdict, a["explain"], a["graded"]))
     if reasoning is not None:
         return reasoning_completion(req, plan_text(plan), reasoning)
     lp = api_logprobs(plan, int(req.get("top_logprobs") or 0)) if req.get("logprobs") else None
@@ -507,7 +544,7 @@ class Handler(BaseHTTPRequestHandler):
                                                    "invalid_api_key"))
                 else:
                     self.send_json(200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "rlaif-tests"} for m in MODELS]})
+                        {"id": m, "object": "model", "created": 0, "owned_by": OWNED_BY} for m in MODELS]})
             else:
                 self.send_json(404, error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
         except Exception:
@@ -583,6 +620,9 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             latency, reasoning = st.latency, (st.reasoning_tokens if st.reasoning else None)
         refusal = reasoning_refusal(req) if reasoning is not None else None
+        if refusal is None and "structured_outputs" in req and OWNED_BY != "vllm":
+            refusal = error_body("Unrecognized request argument supplied: structured_outputs",
+                                 "invalid_request_error", "unrecognized_argument", "structured_outputs")
         if refusal is not None:  # parameters are checked before any work, as the real API does
             with st.lock:
                 st.fault_counts[refusal["error"]["code"]] += 1
@@ -716,6 +756,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="hash")
     ap.add_argument("--reasoning", action="store_true", help="answer as a reasoning model (see the docstring)")
     ap.add_argument("--reasoning-tokens", type=int, default=40, help="hidden reasoning tokens billed per reply")
+    ap.add_argument("--model", default=None, help="ignored: lets rlaif's judge.serve start this server as `vllm serve`")
+    ap.add_argument("--gpu-memory-utilization", default=None, help="ignored, as --model")
     args = ap.parse_args(argv)
     try:
         state = State(args.api_key or os.environ.get("FAKE_OPENAI_API_KEY") or None, args.policy, args.seed,

@@ -7,7 +7,9 @@ everything that can change a verdict is the same. That is the identity, part of 
 - the endpoint (`judge.base_url`, credentials removed), unless `judge.identity` declares that
   several endpoints are one judge (replicas behind a balancer share verdicts);
 - the request style (`judge.api_style` as configured: under `auto` one endpoint and model always
-  resolve to the same style), reasoning effort and the reply caps.
+  resolve to the same style), reasoning effort and the reply caps;
+- the verdict constraint as resolved (rlaif.judge.constrain: "json_schema" or "choice"), so constrained
+  and free verdicts never share a key; absent when it resolves to "off", so older ledgers stay valid.
 
 The template version (rubric, principles, template file, answer format) is keyed beside it.
 """
@@ -34,6 +36,11 @@ def judge_identity(cfg, model: str, adapter: str | None = None) -> dict:
                  "api_style": j.api_style, "reply_tokens": j.reply_tokens()}
         if j.api_style != "chat":
             ident.update(reasoning_effort=j.reasoning_effort, max_completion_tokens=j.max_completion_tokens)
+        from rlaif.judge.constrain import resolve
+
+        constraint = resolve(j)  # one GET /models per process and endpoint, unless the host says it
+        if constraint != "off":
+            ident["constrain"] = constraint
         return ident
     from rlaif.models import folder_id
 

@@ -23,6 +23,7 @@ reaches judge.max_cost_usd, nothing more is admitted. A batch may overshoot by i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -37,6 +38,9 @@ from rlaif.judge.ledger import Ledger, owner_id
 # within a few tokens; a reasoning judge's spread is wider, but its cap (max_completion_tokens) is
 # what makes the worst case unusable there.
 MIN_MEASURED = 20
+# Live calls are read from the plan, checked against the ledger and rendered this many at a time: memory
+# holds one chunk and the calls in flight, not the round (issue 22, item 5). One done_keys query per chunk.
+CHUNK = 2048
 
 
 class Runner:
@@ -45,8 +49,8 @@ class Runner:
     def __init__(self, cfg, ledger: Ledger, model: str, spec: T.Spec, identity: dict, judge_id: str) -> None:
         from rlaif.errors import UserError
 
-        self.j, self.ledger, self.model, self.spec, self.identity, self.judge_id = \
-            cfg.judge, ledger, model, spec, identity, judge_id
+        self.cfg, self.j, self.ledger, self.model, self.spec, self.identity, self.judge_id = \
+            cfg, cfg.judge, ledger, model, spec, identity, judge_id
         self.live_price = self.j.prices.get(model, (0.0, 0.0)) if self.j.backend == "openai" else (0.0, 0.0)
         self.batch = self.j.backend == "openai" and self.j.mode_api == "batch"
         # The Batch API bills at a discount (OpenAI: 50%); budgets and the ledger use what is billed.
@@ -70,6 +74,10 @@ class Runner:
         self.left: dict | None = None  # calls of the phase not admitted when a cap stopped it, and their cost
         self._committed: set[str] = set()  # keys in batches already uploaded or submitted
         self._held: set[str] = set()  # of those, keys whose cost a batch holds in the ledger already
+        self._flight: set[str] = set()  # keys handed to the backend and not answered yet
+        self._skipped = 0  # calls of the current execute found in the ledger (or repeated): not sent
+        self._shown = 0.0  # when the progress line's figures were last refreshed
+        self.worker = False  # a client process of judge.processes (rlaif/judge/workers.py): sends its share itself
 
     def _cap_tokens(self, call: Call) -> int:
         # the style that will answer: under api_style=auto the backend knows it (by model name, or
@@ -141,47 +149,90 @@ class Runner:
             b["expected_cost_usd"] += est
         return not over
 
-    def _admitted(self, todo: list[Call]):
+    def _admitted(self, todo):
         """The iterator a backend pulls from: it ends where the budget does. A batch backend pulls
         every call at once, so a batch larger than the budget is cut here: only what fits is sent."""
-        for i, call in enumerate(todo):
-            if not self.admit(call):
-                rest = todo[i:]
-                self.left = {"calls": len(rest), "cost_usd": sum(self._admission_cost(c) for c in rest),
-                             "basis": "expected" if self.batch else "at most"}
+        for call in todo:
+            if not self.admit(call):  # the calls not sent, counted and priced for the stop message, one at a time
+                n, cost = 1, self._admission_cost(call)
+                for c in todo:
+                    n, cost = n + 1, cost + self._admission_cost(c)
+                self.left = {"calls": n, "cost_usd": cost, "basis": "expected" if self.batch else "at most"}
                 return
+            self._flight.add(call.key)
             yield call
 
-    def execute(self, calls: list[Call], desc: str) -> None:
+    def execute(self, calls, desc: str, total: int | None = None) -> None:
+        """Send the calls (a list or any iterable: a plan made lazily) the ledger has no reply for.
+        Live backends take them in chunks of CHUNK, so only a chunk's rendered messages and the
+        calls in flight are held, whatever the number of calls (issue 22, item 5); a batch backend
+        takes them all at once (its chunks are planned over every key)."""
         from tqdm.auto import tqdm
 
-        unique = list({c.key: c for c in calls}.values())
-        done = self.ledger.done_keys([c.key for c in unique])
-        todo = [c for c in unique if c.key not in done]
-        if not todo or self.stopped:
+        if self.stopped:
             return
-        if self.batch:  # calls in batches already sent go first: admitted whatever the cap says now
-            self._committed = {k for ch in self.ledger.open_chunks() if ch["status"] != "planned" for k in ch["keys"]}
-            self._held = self.ledger.held_keys([c.key for c in todo])
-            todo.sort(key=lambda c: c.key not in self._committed)
+        self.bar = None
+        if self.batch:
+            calls = list(calls)
+        total = len(calls) if total is None and hasattr(calls, "__len__") else total
+        pending = self._batch_todo(calls) if self.batch else self._live_todo(calls)
+        first = next(pending, None)
+        if first is None or self.stopped:
+            return
+        todo = itertools.chain([first], pending)
         if self.backend is None:  # built only when something is left to send: a rerun loads no model
             extra = ({"owner": self.owner if self.capped else None, "submit_only": self.submit_only}
                      if self.batch else {})  # the batch backend holds a submitted batch's budget past this process
             if self.adapter:  # judge.model=policy: the round's LoRA adapter on the model
                 extra["adapter"] = self.adapter
             self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry, **extra)
-        self.bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="call")
+        self.bar = tqdm(total=total, initial=self._skipped, desc=desc, unit="call")
         self.t0 = t0 = time.monotonic()
         try:
-            self.backend.run(self._admitted(todo), self._on_reply)
-            self.deferred = getattr(self.backend, "outstanding", 0)
-            if self.deferred and not self.stopped:  # the next phase needs these results: it waits for a rerun
-                self.stopped = "submit-only: batches submitted, not collected yet"
+            self._send(todo)
         finally:
             if self.capped:  # calls admitted but never answered (an error, a quota stop) hold no room
                 self.ledger.release(self.owner)
             self.stats["seconds"] += time.monotonic() - t0
+            self._show(final=True)
             self.bar.close()
+
+    def _send(self, todo) -> None:
+        if self.j.processes > 1 and self.j.backend == "openai" and not self.batch and not self.worker:
+            from rlaif.judge.workers import spread
+
+            return spread(self, todo)  # several client processes, one ledger (rlaif/judge/workers.py)
+        self.backend.run(self._admitted(todo), self._on_reply)
+        self.deferred = getattr(self.backend, "outstanding", 0)
+        if self.deferred and not self.stopped:  # the next phase needs these results: it waits for a rerun
+            self.stopped = "submit-only: batches submitted, not collected yet"
+
+    def _live_todo(self, calls):
+        """The calls without a stored reply, chunk by chunk; a key already in flight (the same
+        texts twice in one prompt) is not sent a second time."""
+        self._skipped = 0
+        it = iter(calls)
+        while chunk := list(itertools.islice(it, CHUNK)):
+            unique = {c.key: c for c in chunk if c.key not in self._flight}
+            done = self.ledger.done_keys(list(unique))
+            self._skipped += len(chunk) - len(unique) + len(done)
+            if self.bar is not None and (len(done) or len(chunk) > len(unique)):
+                self.bar.update(len(chunk) - len(unique) + len(done))
+            del chunk
+            for key, call in unique.items():
+                if key not in done:
+                    yield call
+
+    def _batch_todo(self, calls: list[Call]):
+        unique = list({c.key: c for c in calls}.values())
+        done = self.ledger.done_keys([c.key for c in unique])
+        self._skipped = len(calls) - len(unique) + len(done)
+        todo = [c for c in unique if c.key not in done]
+        # calls in batches already sent go first: admitted whatever the cap says now
+        self._committed = {k for ch in self.ledger.open_chunks() if ch["status"] != "planned" for k in ch["keys"]}
+        self._held = self.ledger.held_keys([c.key for c in todo])
+        todo.sort(key=lambda c: c.key not in self._committed)
+        yield from todo
 
     def _retry(self) -> None:
         self.stats["retries"] += 1
@@ -193,6 +244,7 @@ class Runner:
         if self.batch:  # which API answered, for the audit: the price differs
             row["request"]["api"] = "live" if live else "batch"
         self.ledger.record(row, self.owner if self.capped else None)  # its reservation ends with it
+        self._flight.discard(call.key)
         if row["status"] == "done":
             self.stats["calls_made"] += 1
             self.stats["invalid"] += row["verdict"] == "invalid"
@@ -200,9 +252,15 @@ class Runner:
         else:
             self.stats["errors"] += 1
             self.last_error = row["error"]
-        s = self.stats
-        rate = s["calls_made"] / max(s["seconds"] + time.monotonic() - self.t0, 1e-9)
         self.bar.update(1)  # failed calls are shown apart from judged ones: a wall of errors is not progress
+        self._show()
+
+    def _show(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if now - self._shown < 0.5 and not final:  # the figures read the ledger: twice a second is enough for a person
+            return
+        self._shown, s = now, self.stats
+        rate = s["calls_made"] / max(s["seconds"] + (0 if final else now - self.t0), 1e-9)
         self.bar.set_postfix_str(f"judged {s['calls_made']} ({s['invalid']} invalid), failed {s['errors']}, "
                                  f"{rate:.1f}/s, {s['retries']} retries, {s['tokens']} tok, ${self.cost:.4f}")
 

@@ -80,15 +80,25 @@ def same_text(a: str, b: str) -> bool:
 class JudgeSession:
     def __init__(self, cfg, ledger_path: str | Path, policy_after: int | None = None) -> None:
         """policy_after: under judge.model=policy, whose policy judges (judge_weights); ignored otherwise."""
-        check_api_key(cfg)
-        self.cfg, self.j = cfg, cfg.judge
-        self.spec = T.build_spec(self.j)
-        self.model, self.adapter = judge_weights(cfg, policy_after)
-        self.identity = judge_identity(self.j, self.model, self.adapter)
-        self.judge_id = judge_id(self.identity)
-        self.ledger = Ledger(ledger_path)
-        self.runner = Runner(cfg, self.ledger, self.model, self.spec, self.identity, self.judge_id)
-        self.runner.adapter = self.adapter
+        self.ledger, self._server = None, None
+        if cfg.judge.serve and not cfg.judge.base_url:  # `vllm serve judge.model` for this session, judged through (rlaif/judge/serve.py)
+            from rlaif.judge.serve import served, served_config
+
+            self._server = served(cfg.judge, log=Path(ledger_path).parent / "judge-serve.log")
+            cfg = cfg.model_copy(update={"judge": served_config(cfg.judge, self._server.__enter__())})
+        try:
+            check_api_key(cfg)
+            self.cfg, self.j = cfg, cfg.judge
+            self.spec = T.build_spec(self.j)
+            self.model, self.adapter = judge_weights(cfg, policy_after)
+            self.identity = judge_identity(self.j, self.model, self.adapter)
+            self.judge_id = judge_id(self.identity)
+            self.ledger = Ledger(ledger_path)
+            self.runner = Runner(cfg, self.ledger, self.model, self.spec, self.identity, self.judge_id)
+            self.runner.adapter = self.adapter
+        except BaseException:
+            self.close()  # a server started above is stopped, not left to the watcher alone
+            raise
 
     def __enter__(self) -> "JudgeSession":
         return self
@@ -97,7 +107,11 @@ class JudgeSession:
         self.close()
 
     def close(self) -> None:
-        self.ledger.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        server, self._server = self._server, None
+        if server is not None:  # judge.serve: stop the server's whole process group (and wait for it)
+            server.__exit__(None, None, None)
 
     @property
     def score_kind(self) -> str:
@@ -160,17 +174,63 @@ class JudgeSession:
         return Call(key, pid, kind, cand[0], None, None, tuple(msgs), sum(len(m["content"]) for m in msgs) // 3,
                     (), tuple(chat), None, item, max_tokens, version=spec.version(kind))
 
-    def send(self, calls: list[Call], desc: str) -> None:
-        self.runner.execute(calls, desc)
+    def send(self, calls, desc: str, total: int | None = None) -> None:
+        """Send what the ledger lacks; calls: a list, or an iterable made lazily (Plan.track) with its total."""
+        self.runner.execute(calls, desc, total)
 
-    def results(self, calls: list[Call]) -> pl.DataFrame:
+    def results(self, calls: "list[Call] | Plan") -> pl.DataFrame:
         """These calls joined with the ledger's finished results (by key), in the judgments schema."""
-        cols = ("key", "prompt_id", "kind", "a_id", "b_id", "order", "item")
-        ids = pl.DataFrame([{c: getattr(call, c) for c in cols} for call in calls],
-                           schema={k: pl.String for k in cols})
+        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
         ids = ids.unique(["key", "a_id", "b_id"], maintain_order=True)
-        done = self.ledger.frame(ids["key"].unique().to_list()).drop(cols[1:])
+        done = self.ledger.frame(ids["key"].unique().to_list()).drop(PLAN_COLS[1:])
         return ids.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(["prompt_id", "key"])
 
-    def pending(self, calls: list[Call], judgments: pl.DataFrame) -> int:
-        return len({c.key for c in calls}) - judgments["key"].n_unique()
+    def pending(self, calls: "list[Call] | Plan", judgments: pl.DataFrame) -> int:
+        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
+        return ids["key"].n_unique() - judgments["key"].n_unique()
+
+
+PLAN_COLS = ("key", "prompt_id", "kind", "a_id", "b_id", "order", "item")
+
+
+class Plan:
+    """The calls a stage made, by identity only (key and ids) in columnar chunks: what results()
+    joins the ledger on, about 100 bytes a call. Never the rendered messages: a call's messages go
+    with it once sent, so a round's memory does not grow with its calls (issue 22, item 5)."""
+
+    ROWS = 8192  # rows held as tuples before they become one columnar chunk
+
+    def __init__(self, calls=()) -> None:
+        self.frames: list[pl.DataFrame] = []
+        self.rows: list[tuple] = []
+        self += calls
+
+    def track(self, calls):
+        """Yield the calls, remembering each one's identity: js.send(plan.track(gen), desc, total)."""
+        for c in calls:
+            self.rows.append((c.key, c.prompt_id, c.kind, c.a_id, c.b_id, c.order, c.item))
+            if len(self.rows) >= self.ROWS:
+                self._flush()
+            yield c
+
+    def __iadd__(self, calls) -> "Plan":
+        if isinstance(calls, Plan):
+            self._flush()
+            self.frames.append(calls.frame())
+            return self
+        for _ in self.track(calls):
+            pass
+        return self
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.frames.append(pl.DataFrame(self.rows, schema={k: pl.String for k in PLAN_COLS}, orient="row"))
+            self.rows = []
+
+    def frame(self) -> pl.DataFrame:
+        self._flush()
+        return pl.concat(self.frames) if self.frames else pl.DataFrame(schema={k: pl.String for k in PLAN_COLS})
+
+    def __len__(self) -> int:
+        self._flush()
+        return sum(f.height for f in self.frames)

@@ -12,6 +12,7 @@ Only the reply's final line is parsed. With `explain`, that line must have the f
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -265,6 +266,24 @@ def _final(text: str | None) -> tuple[str | None, int, str]:
     return lines[-1][0], lines[-1][1], "\n".join(ln for ln, _ in lines[:-1]).strip()
 
 
+# A reply constrained by OpenAI structured outputs (rlaif/judge/constrain.py json_schema): the whole reply is
+# one JSON object holding the label. Read only without explain (explained replies are never constrained).
+JSON_VERDICT = re.compile(r'\s*\{\s*"verdict"\s*:\s*"((?:[^"\\]|\\.)*)"\s*\}\s*')
+
+
+def _verdict_line(text: str | None, explain: bool) -> tuple[str | None, int | None, str]:
+    """What the verdict is read from: (line, its offset in text or None when no offset maps it, rationale).
+    The reply's last non-empty line, or the label inside a structured-output reply {"verdict": "..."}."""
+    m = None if explain else JSON_VERDICT.fullmatch(text or "")
+    if m is None:
+        return _final(text)
+    try:
+        label = json.loads(f'"{m.group(1)}"')
+    except ValueError:
+        return None, None, ""
+    return label, m.start(1) if label == m.group(1) else None, ""  # an escaped label: no offsets to map
+
+
 def _match(kind: str, line: str | None, explain: bool, graded: bool):
     body = {"pairwise": GRADED if graded else PAIR, "score": SCORE, "checklist": YESNO}[kind]
     prefix = VERDICT_PREFIX.format(word=WORD[kind])
@@ -277,8 +296,9 @@ def parse(kind: str, text: str | None, explain: bool = False, graded: bool = Fal
 
     pairwise -> "A" | "B" | "tie" (binary) or a GRADES key (graded); score -> 1..9; checklist ->
     "yes" | "no". With explain the line must carry its prefix ("Verdict:", "Score:", "Answer:");
-    without, the prefix is optional. "A or B", or a reply that trails off, is invalid."""
-    line, _, rationale = _final(text)
+    without, the prefix is optional, and a structured-output reply {"verdict": "A"} is read as its label.
+    "A or B", or a reply that trails off, is invalid."""
+    line, _, rationale = _verdict_line(text, explain)
     m = _match(kind, line, explain, graded)
     if not m:
         return None, rationale
@@ -301,9 +321,9 @@ def parse_checklist_items(text: str | None) -> list[str]:
 def verdict_span(kind: str, text: str | None, explain: bool = False, graded: bool = False) -> tuple[int, int] | None:
     """Where the parsed verdict stands in the reply: (start, end) character offsets, or None when
     the reply has no valid verdict. Graded: the whole "[[A>B]]", which is what a label names."""
-    line, at, _ = _final(text)
+    line, at, _ = _verdict_line(text, explain)
     m = _match(kind, line, explain, graded)
-    if not m:
+    if not m or at is None:
         return None
     start, end = m.span(1)
     if graded:
@@ -313,9 +333,14 @@ def verdict_span(kind: str, text: str | None, explain: bool = False, graded: boo
 
 def _token_spans(raw: bytes, tokens: list[str]):
     """Each token's (start, end) byte offsets in the reply, or None where the tokens do not spell it.
-    A token may come without the leading space the text has (SentencePiece-style detokenisers)."""
+    A token may come without the leading space the text has (SentencePiece-style detokenisers). Tokens
+    after the whole text is spelled are the stop token the text leaves out (vLLM lists `<|im_end|>` in
+    logprobs.content, not in message.content): empty spans at the end."""
     pos, out = 0, []
     for tok in tokens:
+        if pos == len(raw) and raw:
+            out.append((pos, pos))
+            continue
         b = tok.encode("utf-8", "surrogateescape")
         if not raw.startswith(b, pos):
             while pos < len(raw) and raw[pos:pos + 1].isspace():

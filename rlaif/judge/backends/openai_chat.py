@@ -16,6 +16,10 @@ unsupported_value, and bill their hidden reasoning inside usage.completion_token
 (platform.openai.com/docs/guides/reasoning; many clients hit the 400s, e.g. IBM/chuk-llm#3 and
 marimo-team/marimo#6082). judge.api_style=auto picks the style by model name and otherwise
 switches the run to the other style once, on the first such 400.
+
+Verdict calls carry the constraint judge.constrain resolves to (rlaif/judge/constrain.py): OpenAI's
+response_format json_schema, or vLLM's structured_outputs choice (through the client's extra_body); a
+400 refusing it stops the stage with one line. Free-text calls are sent as they always were.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ REASONING_MODEL = re.compile(r"(o[134]|gpt-5)([-.:_].*)?$", re.IGNORECASE)
 STYLE_PARAMS = {"chat": {"max_tokens", "temperature", "logprobs", "top_logprobs"},
                 "reasoning": {"max_completion_tokens", "reasoning_effort"}}
 OTHER = {"chat": "reasoning", "reasoning": "chat"}
+# Body fields of other servers (vLLM's structured outputs): sent through the client's extra_body.
+EXTRA_BODY = ("structured_outputs",)
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -53,8 +59,11 @@ def start_style(cfg: JudgeConfig, model: str) -> str:
 
 
 def request_body(style: str, call: Call, cfg: JudgeConfig, model: str) -> dict:
-    """The chat-completions body for one call in one style (live calls and Batch API lines alike)."""
-    body = {"model": model, "messages": list(call.messages)}
+    """The chat-completions body for one call in one style (live calls and Batch API lines alike), with the
+    verdict constraint judge.constrain resolved to (rlaif/judge/constrain.py; cached, so free per call)."""
+    from rlaif.judge.constrain import request_fields, resolve
+
+    body = {"model": model, "messages": list(call.messages), **request_fields(resolve(cfg), call.labels)}
     if style == "chat":  # temperature 0 and every reply token's top logprobs: p_a and expected scores
         return {**body, "max_tokens": call.max_tokens, "temperature": 0, "logprobs": True, "top_logprobs": 10}
     body["max_completion_tokens"] = cfg.max_completion_tokens  # hidden reasoning + the visible verdict
@@ -132,6 +141,9 @@ class OpenAIJudge:
         self.pause_until = 0.0  # shared by all workers: the server asked everyone to back off
         self.governor = RateGovernor.from_config(cfg)  # shared by all workers; free when no limit is set
         self.style = start_style(cfg, model)
+        from rlaif.judge.constrain import resolve
+
+        self.constraint = resolve(cfg)  # the judge identity holds the same value (rlaif/judge/identity.py)
         self.style_reason = ("judge.api_style" if cfg.api_style != "auto" else
                              "model name" if self.style == "reasoning" else "default")
         self.settled = cfg.api_style != "auto"  # auto: the first call goes alone until the style is known
@@ -152,7 +164,8 @@ class OpenAIJudge:
 
     def stats(self) -> dict:
         out = {"api_style": self.style, "api_style_config": self.cfg.api_style, "chosen_by": self.style_reason,
-               "switched": self.switched, "timeout_s": self.cfg.timeout_for(self.style), **self.counts}
+               "switched": self.switched, "timeout_s": self.cfg.timeout_for(self.style),
+               "constrain": self.constraint, **self.counts}
         if self.hint:
             out["hint"] = self.hint
         if self.governor.active:
@@ -187,9 +200,11 @@ class OpenAIJudge:
     async def _attempt(self, call: Call, style: str, ticket) -> Reply:
         o, timeout = self.openai, self.cfg.timeout_for(style)
         t0 = time.monotonic()
+        body = request_body(style, call, self.cfg, self.model)
+        extra = {k: body.pop(k) for k in EXTRA_BODY if k in body}  # fields the openai client has no argument for
         try:  # wait_for: a server dripping bytes resets httpx's read timeout; this deadline it cannot
             resp = await asyncio.wait_for(self.client.chat.completions.create(
-                **request_body(style, call, self.cfg, self.model), timeout=timeout), timeout=timeout)
+                **body, extra_body=extra or None, timeout=timeout), timeout=timeout)
         except o.RateLimitError as e:
             if _is_quota(e):
                 raise QuotaExceeded("judge: the API reports insufficient_quota (out of credit); no retry can help. "
@@ -216,6 +231,10 @@ class OpenAIJudge:
             if e.status_code in (403, 404):  # wrong endpoint or model: every call would fail the same way
                 raise UserError(f"judge: HTTP {e.status_code} from {self.where}: {msg}; "
                                 "check judge.base_url (it usually ends in /v1) and judge.model") from None
+            if e.status_code == 400 and getattr(e, "param", None) in ("response_format", *EXTRA_BODY):
+                raise UserError(f"judge: {self.where} refused the verdict constraint ({self.constraint}, from "
+                                f"judge.constrain={self.cfg.constrain}): {msg}; set judge.constrain: off for this "
+                                "model") from None
             if _unsupported(e):
                 self._refused(style, msg, _style_fixes(e, style))
             return Reply(error=f"HTTP {e.status_code}: {msg}")  # e.g. 400 context too long: this call only

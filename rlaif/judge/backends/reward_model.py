@@ -8,9 +8,14 @@ Skywork-Reward and RLHFlow's Bradley-Terry reward models, and what TRL's RewardT
 candidate is scored as the conversation plus its assistant turn, rendered by the reward model's OWN
 chat template (a reward model is trained on its template; the policy's would shift its inputs). The stage turns
 rewards into pairs (best vs worst by reward); this file only answers `kind == "reward"` calls.
+
+Where vLLM is installed, the candidates are scored by vLLM's pooling runner (`LLM.classify` with the raw
+score, no activation) in one engine queue per batch; elsewhere by transformers. Both pool at the same
+token (see _pool_end), so they give the same rewards (tests/test_judge_vllm.py).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -20,6 +25,7 @@ from pathlib import Path
 from rlaif.config import JudgeConfig
 from rlaif.errors import UserError
 from rlaif.judge.backends import Call, Reply
+from rlaif.judge.backends.vllm_judge import CHUNK
 from rlaif.models import default_dtype
 
 
@@ -73,12 +79,45 @@ def _load(model: str):
     return tok, net
 
 
+def _load_vllm(model: str, cfg: JudgeConfig):
+    """(tokenizer, vllm.LLM) of a reward-model folder: vLLM's pooling runner with the checkpoint's own head."""
+    from transformers import AutoTokenizer
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    conf = _check_folder(model)
+    if len(conf.get("id2label") or {0: ""}) != 1:
+        raise UserError(f"judge.model {model}: a reward model's head has one output, this config has "
+                        f"{len(conf['id2label'])} labels")
+    tok = AutoTokenizer.from_pretrained(model)
+    if not tok.chat_template:
+        raise UserError(f"judge.model {model}: its tokenizer has no chat template to render conversations with")
+    kwargs = dict(model=model, tokenizer=model, runner="pooling", seed=0,
+                  gpu_memory_utilization=cfg.gpu_memory_utilization)
+    if current_platform.is_cpu():  # as the vLLM judge (rlaif/judge/backends/vllm_judge.py, engine_args)
+        kwargs.update(dtype="float32", enforce_eager=True)
+    kwargs.update(cfg.engine_args)
+    try:
+        return tok, LLM(**kwargs)
+    except (OSError, ValueError, RuntimeError) as e:  # vLLM refuses a checkpoint whose weights are missing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"judge.model {model}: vLLM cannot load it as a reward model: {first}") from None
+
+
 class RewardModelJudge:
     def __init__(self, cfg: JudgeConfig, model: str, **_) -> None:
         import torch
 
         self.cfg, self.path = cfg, model
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.llm = None
+        if importlib.util.find_spec("vllm") is not None:
+            self.tok, self.llm = _load_vllm(model, cfg)
+            conf = self.llm.llm_engine.model_config.hf_config
+            self.limit = min(cfg.max_input_tokens, self.llm.llm_engine.model_config.max_model_len)
+            self.pad = conf.get_text_config().pad_token_id
+            print(f"judge: reward model {model} loaded in vLLM's pooling runner", file=sys.stderr)
+            return
         self.tok, net = _load(model)
         self.model = net.to(self.device).eval()
         self.limit = min(cfg.max_input_tokens, getattr(net.config, "max_position_embeddings", None) or 10**9)
@@ -103,10 +142,28 @@ class RewardModelJudge:
         top = self.model.get_input_embeddings().num_embeddings
         return next(i for i in range(top - 1, -1, -1) if i not in used)
 
+    def _pool_end(self, ids: list[int]) -> list[int]:
+        """The sequence up to the token transformers pools at, its rightmost token that is not the pad id
+        (GenericForSequenceClassification): vLLM pools at the last token, and causal attention makes the
+        last token of this prefix the same hidden state. Only a sequence ending in pad ids changes."""
+        end = len(ids)
+        while self.pad is not None and end > 1 and ids[end - 1] == self.pad:
+            end -= 1
+        return ids[:end]
+
+    def _score_vllm(self, seqs: list[list[int]]) -> list[float]:
+        from vllm import PoolingParams
+
+        outs = self.llm.classify([{"prompt_token_ids": self._pool_end(s)} for s in seqs],
+                                 pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        return [float(o.outputs.probs[0]) for o in outs]  # no activation: the head's raw output
+
     def score(self, seqs: list[list[int]]) -> list[float]:
-        """One batched forward pass: the reward of each token sequence."""
+        """One batched forward pass (one engine queue with vLLM): the reward of each token sequence."""
         import torch
 
+        if self.llm is not None:
+            return self._score_vllm(seqs)
         # transformers' sequence classifiers pool at the rightmost token that is not
         # config.pad_token_id (GenericForSequenceClassification in transformers/modeling_layers.py).
         # With right padding that is where the same sequence alone pools, so a reward does not depend on
@@ -141,7 +198,9 @@ class RewardModelJudge:
 
     def run(self, calls, on_reply) -> None:
         calls = iter(calls)
-        while batch := list(islice(calls, self.cfg.batch_size)):
+        # vLLM: one engine queue per chunk of candidates; transformers: one forward pass per judge.batch_size
+        size = CHUNK if self.llm is not None else self.cfg.batch_size
+        while batch := list(islice(calls, size)):
             for call in batch:
                 if call.kind != "reward" or call.response is None:
                     raise UserError(f"judge.backend=reward_model scores candidates only, got a {call.kind!r} "

@@ -12,29 +12,43 @@ from itertools import combinations
 import polars as pl
 
 from rlaif.config import RunConfig
-from rlaif.judge.session import JudgeSession, same_text
+from rlaif.judge.session import JudgeSession, Plan, same_text
 
 
-def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
-    """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical)."""
+def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[Plan, int]:
+    """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical).
+    Calls are made as they are sent (a chunk at a time, rlaif/judge/runner.py) and the plan keeps
+    their keys only, so memory stays flat in the number of calls (issue 22, item 5)."""
     j = cfg.judge
     chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
-    plan, scores, identical = [], None, 0
+    plan, scores, identical = Plan(), None, 0
     single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
     if single:
         items = js.checklists(chats) if js.score_kind == "checklist" else {}
-        calls = [c for r in accepted.iter_rows(named=True)
-                 for c in js.single(r["prompt_id"], chats[r["prompt_id"]], (r["candidate_id"], r["response"]),
-                                    items.get(r["prompt_id"]))]
-        js.send(calls, f"judge: {js.score_kind}")
-        plan += calls
-        scores = js.results(calls) if js.score_kind == "score" else None
+        rows = accepted.select("prompt_id", "candidate_id", "response").iter_rows()
+        calls = (c for pid, cid, text in rows for c in js.single(pid, chats[pid], (cid, text), items.get(pid)))
+        total = (sum(len(items[p]) for p in accepted["prompt_id"]) if js.score_kind == "checklist"
+                 else accepted.height)
+        part = send_all(js, calls, f"judge: {js.score_kind}", total)
+        plan += part
+        if j.mode == "pairwise" and js.score_kind == "score":  # best_vs_worst picks its pairs by score
+            scores = js.results(part)
     if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
         comps, identical = plan_pairs(cfg, accepted, scores)
-        pw = [c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b)]
-        js.send(pw, "judge: pairwise")
-        plan += pw
+        pw = (c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b))
+        plan += send_all(js, pw, "judge: pairwise", 2 * len(comps))
     return plan, identical
+
+
+def send_all(js: JudgeSession, calls, desc: str, total: int) -> Plan:
+    """Send lazily made calls; the plan holds every one of them, sent or not (a budget stop leaves
+    some unsent: they are pending)."""
+    part = Plan()
+    tracked = part.track(calls)
+    js.send(tracked, desc, total)
+    for _ in tracked:  # what the runner did not read (a stop, or nothing left to send)
+        pass
+    return part
 
 
 def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | None) -> tuple[list, int]:
