@@ -168,3 +168,27 @@ def with_system(chats: list[list[dict]], system: str | None) -> list[list[dict]]
     if not system:
         return chats
     return [c if c and c[0].get("role") == "system" else [{"role": "system", "content": system}, *c] for c in chats]
+
+
+def release_gpu() -> None:
+    """Collect what a model or engine left and return cached CUDA memory to the driver (no-op on CPU)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def shutdown_engine(llm) -> None:
+    """End a vLLM engine and hand its GPU memory back before this process starts another on the same
+    card (evaluate's answers, then its judge; issue 22). The V1 engine core runs in its own process:
+    shutdown() ends it (vllm/v1/engine/core_client.py)."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    release_gpu()

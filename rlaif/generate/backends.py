@@ -50,16 +50,3 @@ class Backend(Protocol):
 def load_backend(name: str, model: str, cfg: GenerateConfig, seed: int) -> Backend:
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)(model, cfg, seed)
-
-
-def release_gpu() -> None:
-    """Collect what the engine left and return cached CUDA memory to the driver (no-op on CPU)."""
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -50,7 +50,7 @@ class TransformersBackend:
 
     def close(self) -> None:
         """Free the model before this process loads another (evaluate's judge after its answers)."""
-        from rlaif.generate.backends import release_gpu
+        from rlaif.models import release_gpu
 
         self.model = None
         release_gpu()

@@ -16,7 +16,7 @@ import os
 from collections import deque
 from typing import TYPE_CHECKING, Iterator
 
-from rlaif.generate.backends import Done, Request, Sample, release_gpu
+from rlaif.generate.backends import Done, Request, Sample
 
 if TYPE_CHECKING:
     from rlaif.config import GenerateConfig
@@ -70,18 +70,14 @@ class VLLMBackend:
             self.lora = LoRARequest("policy", 1, cfg.adapter)
 
     def close(self) -> None:
-        """Shut the engine down and hand its GPU memory back before this process starts another engine on
-        the same card: evaluate samples held-out answers, then its judge loads (a vLLM judge asks for
-        judge.gpu_memory_utilization of the card, which generation's engine would still hold; issue 22).
-        The V1 engine core runs in its own process: shutdown() ends it (vllm/v1/engine/core_client.py)."""
+        """An engine built here is shut down when sampling ends (rlaif.models.shutdown_engine): a vLLM judge
+        loading next asks for judge.gpu_memory_utilization of the card, which this engine would still hold."""
         if not self.owned or self.llm is None:
             return
+        from rlaif.models import shutdown_engine
+
         llm, self.llm = self.llm, None
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        del llm
-        release_gpu()
+        shutdown_engine(llm)
 
     def _params(self, seed: int):
         from vllm import SamplingParams

@@ -88,22 +88,13 @@ class VLLMJudge:
         return list(enc["input_ids"])
 
     def close(self) -> None:
-        """Shut the engine down and hand its GPU memory back (rlaif/generate/vllm_backend.py, close): the
-        V1 engine core runs in its own process, shutdown() ends it (vllm/v1/engine/core_client.py)."""
+        """Shut an engine built here down and hand its GPU memory back (rlaif.models.shutdown_engine)."""
         if not self.owned or self.llm is None:
             return
+        from rlaif.models import shutdown_engine
+
         llm, self.llm = self.llm, None
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        del llm
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        shutdown_engine(llm)
 
     def _steps(self, call: Call) -> dict[tuple, list[int]]:
         """{label-token prefix: the token ids that follow it in some label}, the labels as a trie: each
