@@ -47,10 +47,8 @@ def judge_weights(cfg, after: int | None = None) -> tuple[str, str | None]:
     policy, Self-Rewarding's judge of its own candidates); after < 0 is the SFT model. With
     train.reference=previous that is the merged earlier policy plus the round's adapter, as generation
     samples it (rlaif/train/policy.py)."""
-    if cfg.judge.model != "policy":
-        return judge_model_name(cfg), None
     after = cfg.round - 1 if after is None else after
-    if after < 0:
+    if cfg.judge.model != "policy" or after < 0:
         return judge_model_name(cfg), None
     from rlaif.train.policy import adapter_dir, policy_base
 
