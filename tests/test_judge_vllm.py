@@ -95,7 +95,10 @@ if __name__ == "__main__":
     rm = load_judge(JudgeConfig(backend="reward_model", model=spec["rm"]), spec["rm"])
     assert rm.llm is not None, "the reward model did not take the vLLM path"
     out["rewards"] = run(rm, spec["rm_calls"])
-    json.dump(out, open(sys.argv[2], "w"))
+    rm.close()  # the pooling engine's core shut down here, not by the interpreter's exit
+    assert rm.llm is None
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f)
 '''
 
 

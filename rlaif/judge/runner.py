@@ -197,6 +197,12 @@ class Runner:
             self._show(final=True)
             self.bar.close()
 
+    def close(self) -> None:
+        """Release the backend's engine (vLLM judge, vLLM reward model); the ledger is the session's."""
+        backend, self.backend = self.backend, None
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
+
     def _send(self, todo) -> None:
         if self.j.processes > 1 and self.j.backend == "openai" and not self.batch and not self.worker:
             from rlaif.judge.workers import spread

@@ -105,6 +105,9 @@ class JudgeSession:
         self.close()
 
     def close(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:  # a local engine's GPU memory back before the next stage takes the card
+            runner.close()
         if self.ledger is not None:
             self.ledger.close()
         server, self._server = self._server, None

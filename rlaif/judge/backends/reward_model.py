@@ -127,6 +127,15 @@ class RewardModelJudge:
         print(f"judge: reward model {model} loaded ({params / 1e6:.1f}M params, {self.device}, "
               f"{str(net.dtype).removeprefix('torch.')})", file=sys.stderr)
 
+    def close(self) -> None:
+        """Shut vLLM's pooling engine down (its core is a child process): an engine left to the
+        interpreter's exit can abort it ("terminate called without an active exception")."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            from rlaif.models import shutdown_engine
+
+            shutdown_engine(llm)
+
     def _ids(self, chat, response: str) -> list[int]:
         conv = [*map(dict, chat), {"role": "assistant", "content": response}]
         enc = self.tok.apply_chat_template(conv, tokenize=True, return_dict=True)
