@@ -59,6 +59,9 @@ JUDGMENTS_SCHEMA = pl.Schema({
     "error": pl.String,
     "raw": pl.String,  # the judge's raw reply, kept for audit (invalid ones above all)
 })
+# What the report and the filter read of judgments.parquet: all but the texts, which are most of a
+# row's size and are read lazily where a few are shown (rationale samples).
+JUDGMENTS_NARROW = [c for c in JUDGMENTS_SCHEMA if c not in ("rationale", "raw")]
 
 PAIRS_SCHEMA = pl.Schema({
     "prompt_id": pl.String,
@@ -130,20 +133,45 @@ def write_parquet(path: str | Path, df: pl.DataFrame, schema: pl.Schema | None =
     return atomic_write(path, lambda p: df.write_parquet(p))
 
 
-def read_parquet_checked(paths: list[Path] | Path, schema: pl.Schema, what: str) -> pl.DataFrame:
-    """Read parquet file(s) and fail loudly, naming the file, if a declared column is missing."""
+def write_parquet_chunks(path: str | Path, frames, schema: pl.Schema) -> int:
+    """Write an iterable of frames as one parquet file, a row group each, holding one frame at a
+    time (judgments at scale: issue 22, item 5); atomic like write_parquet. Returns the row count."""
+    import pyarrow.parquet as pq
+
+    arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(tmp, arrow_schema, compression="zstd") as w:
+            for df in frames:
+                w.write_table(df.select([pl.col(k).cast(v) for k, v in schema.items()]).to_arrow().cast(arrow_schema))
+                rows += df.height
+            if not rows:  # an empty file still has the schema (and one empty row group, as polars writes)
+                w.write_table(arrow_schema.empty_table())
+
+    atomic_write(path, write)
+    return rows
+
+
+def read_parquet_checked(paths: list[Path] | Path, schema: pl.Schema, what: str,
+                         columns: list[str] | None = None) -> pl.DataFrame:
+    """Read parquet file(s) and fail loudly, naming the file, if a declared column is missing.
+    columns: read only these (the rest are still checked to exist), e.g. judgments without texts."""
     paths = [paths] if isinstance(paths, Path) else paths
+    want = {k: v for k, v in schema.items() if columns is None or k in columns}
     frames = []
     for p in paths:
         try:
-            df = pl.read_parquet(p)
+            have = pl.read_parquet_schema(p)
+            missing = [c for c in schema if c not in have]
+            if missing:
+                raise UserError(f"{p}: not a {what} file: missing column(s) {', '.join(missing)}")
+            df = pl.read_parquet(p, columns=list(want))
         except (pl.exceptions.PolarsError, OSError) as e:
             raise UserError(f"{p}: not a readable parquet file ({str(e).splitlines()[0][:120]})") from None
-        missing = [c for c in schema if c not in df.columns]
-        if missing:
-            raise UserError(f"{p}: not a {what} file: missing column(s) {', '.join(missing)}")
-        frames.append(df.select([pl.col(k).cast(v) for k, v in schema.items()]))
-    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+        frames.append(df.select([pl.col(k).cast(v) for k, v in want.items()]))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=want)
 
 
 def stable_id(obj: Any, n: int = 16) -> str:

@@ -512,7 +512,11 @@ def test_calls_that_got_no_reply_fail_the_stage(server, tmp_path):
     # report "done" on partial judgments.
     with pytest.raises(UserError, match="rerun"):
         stage.run(config(tmp_path, server, "judge.max_retries=1"))
-    assert {row["status"] for row in ledger_rows(tmp_path)} == {"error"}
+    rows = ledger_rows(tmp_path)
+    assert {row["status"] for row in rows} == {"error"}
+    # max_retries=1: each call tried twice (the first attempt, one retry), then given up
+    assert {row["attempts"] for row in rows} == {2} and server.stats()["requests"] == 2 * len(rows)
+    assert all("gave up after 2 attempts" in row["error"] for row in rows)
     assert not (rd(tmp_path) / "pairs.parquet").exists()
 
 

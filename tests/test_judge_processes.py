@@ -143,3 +143,24 @@ def test_the_plan_keeps_no_rendered_call_once_sent(server, tmp_path):
         held = [o for o in gc.get_objects() if isinstance(o, Call)]
         assert len(plan) == CALLS and held == []
         assert js.results(plan).height == CALLS
+
+
+def test_judgments_are_written_a_slice_at_a_time_and_equal_the_whole_join(server, tmp_path, monkeypatch):
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from rlaif.judge import session as S
+    from rlaif.judge.candidates import read_candidates, split_inputs
+    from rlaif.judge.pairs.rank import rank_round
+
+    write_candidates(tmp_path, standard())
+    cfg = config(tmp_path, server, "judge.explain=true")
+    accepted, _ = split_inputs(read_candidates(cfg.round_dir()), cfg.judge)
+    monkeypatch.setattr(S, "SLICE", 7)  # 48 calls: 7 slices, each one row group
+    with S.JudgeSession(cfg, tmp_path / "ledger.sqlite") as js:
+        plan, _ = rank_round(js, cfg, accepted)
+        whole = js.results(plan)
+        assert js.write_results(plan, tmp_path / "j.parquet") == CALLS
+    assert pq.ParquetFile(tmp_path / "j.parquet").metadata.num_row_groups == 7
+    got = pl.read_parquet(tmp_path / "j.parquet")
+    assert got.equals(whole) and got["rationale"].is_not_null().all()  # the texts too, in the same order

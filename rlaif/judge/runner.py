@@ -198,10 +198,10 @@ class Runner:
             self.bar.close()
 
     def close(self) -> None:
-        """Release the backend's engine (vLLM judge, vLLM reward model); the ledger is the session's."""
-        backend, self.backend = self.backend, None
-        if backend is not None and hasattr(backend, "close"):
-            backend.close()
+        """Release the backend's engine (vLLM judge, vLLM reward model); the ledger is the session's.
+        The backend object stays: reports read its stats (rate governor, batches) after the session."""
+        if self.backend is not None and hasattr(self.backend, "close"):
+            self.backend.close()
 
     def _send(self, todo) -> None:
         if self.j.processes > 1 and self.j.backend == "openai" and not self.batch and not self.worker:

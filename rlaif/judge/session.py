@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from rlaif.errors import UserError
-from rlaif.io import JUDGMENTS_SCHEMA
+from rlaif.io import JUDGMENTS_SCHEMA, write_parquet_chunks
 from rlaif.judge import templates as T
 from rlaif.judge.backends import Call
 from rlaif.judge.identity import judge_id, judge_identity
@@ -184,7 +184,22 @@ class JudgeSession:
         ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
         ids = ids.unique(["key", "a_id", "b_id"], maintain_order=True)
         done = self.ledger.frame(ids["key"].unique().to_list()).drop(PLAN_COLS[1:])
-        return ids.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(["prompt_id", "key"])
+        return ids.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(ORDER, nulls_last=True)
+
+    def write_results(self, calls: "list[Call] | Plan", path: Path) -> int:
+        """results() written to `path` a slice at a time: the ids are sorted first (about 100 bytes a
+        call), then each slice is joined with its ledger rows and written, so the texts (rationales,
+        raw replies) of a round are never all in memory (issue 22, item 5). Same rows, same order."""
+        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
+        ids = ids.unique(["key", "a_id", "b_id"]).sort(ORDER, nulls_last=True)
+
+        def slices():
+            for i in range(0, ids.height, SLICE):
+                part = ids.slice(i, SLICE)
+                done = self.ledger.frame(part["key"].unique().to_list()).drop(PLAN_COLS[1:])
+                yield part.join(done, on="key", how="inner").sort(ORDER, nulls_last=True)
+
+        return write_parquet_chunks(path, slices(), JUDGMENTS_SCHEMA)
 
     def pending(self, calls: "list[Call] | Plan", judgments: pl.DataFrame) -> int:
         ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
@@ -192,6 +207,8 @@ class JudgeSession:
 
 
 PLAN_COLS = ("key", "prompt_id", "kind", "a_id", "b_id", "order", "item")
+ORDER = ["prompt_id", "key", "a_id", "b_id"]  # judgments' row order: total, so reruns write the same file
+SLICE = 20000  # calls joined and written at a time by write_results
 
 
 class Plan:

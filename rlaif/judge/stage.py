@@ -25,7 +25,7 @@ import polars as pl
 
 from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable, UserError
-from rlaif.io import JUDGMENTS_SCHEMA, write_json, write_parquet
+from rlaif.io import JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, read_parquet_checked, write_json
 from rlaif.judge.candidates import read_candidates, split_inputs
 from rlaif.judge.pairs.rank import rank_round
 from rlaif.judge.trust.audit import build_report, print_report
@@ -73,15 +73,19 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
         plan, identical = judge_round(js, cfg, accepted)
         deferred = js.runner.deferred > 0  # submit-only: batches in flight, nothing to write yet
     finally:
-        judgments = js.results(plan)
-        js.close()
-        for stale in ("pairs.card.json", "pairs.parquet"):  # pairs must come from these judgments or not exist
-            (rdir / stale).unlink(missing_ok=True)
-        if not deferred:
-            write_parquet(rdir / "judgments.parquet", judgments, JUDGMENTS_SCHEMA)
+        try:
+            for stale in ("pairs.card.json", "pairs.parquet"):  # pairs must come from these judgments or not exist
+                (rdir / stale).unlink(missing_ok=True)
+            if not deferred:  # streamed from the ledger a slice at a time (JudgeSession.write_results)
+                js.write_results(plan, rdir / "judgments.parquet")
+        finally:
+            js.close()
     if deferred:
         return submitted(js, rdir)
-    report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments))
+    # the report reads the judgments without their texts; its few rationale samples are read lazily
+    judgments = read_parquet_checked(rdir / "judgments.parquet", JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)
+    report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments),
+                          texts=pl.scan_parquet(rdir / "judgments.parquet"))
     if js.runner.batch and js.runner.admission:
         report["batch_admission"] = admission_report(js.runner)
     if getattr(js, "meta", None):

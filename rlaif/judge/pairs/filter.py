@@ -17,7 +17,7 @@ import polars as pl
 
 from rlaif.config import FilterConfig, RunConfig
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
+from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
 from rlaif.judge.pairs.compare import checklist_items, checklist_weights, compare
 
 FILTERS = ("invalid", "tie", "inconsistent", "truncated", "empty", "identical", "low_margin", "length_ratio",
@@ -151,7 +151,7 @@ def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     parts = sorted((rdir / "candidates").glob("part-*.parquet"))
     if not parts:
         raise UserError(f"{rdir / 'candidates'}: no candidate shards; run `rlaif generate` first")
-    return (read_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments"),
+    return (read_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW),  # no texts: unused here
             read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates"))
 
 

@@ -38,7 +38,9 @@ def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
 
 
 def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, js, identical_skipped: int,
-                 pending: int) -> dict:
+                 pending: int, texts: pl.LazyFrame | None = None) -> dict:
+    """judge-report.json. judgments may lack the text columns; texts (a lazy scan of the full
+    judgments) then gives the rationale samples."""
     j, runner, model = cfg.judge, js.runner, js.model
     pw = judgments.filter(pl.col("kind") == "pairwise")
     prompts = judgments["prompt_id"].n_unique()
@@ -73,7 +75,7 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "backend_stats": backend.stats() if callable(getattr(backend, "stats", None)) else None,
         "invalid_rate": _rate(judgments["verdict"] == "invalid"),
         "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
-        "rationales": rationale_samples(judgments),
+        "rationales": rationale_samples(judgments if texts is None else texts),
         "checklist_items": checklist_stats(judgments, checklist_weights(js.j)) if (judgments["kind"] == "checklist").any()
         else None,
         **position_stats(pw), **length_stats(pw, cands), **extra,
@@ -97,11 +99,12 @@ def single_length_stats(judgments: pl.DataFrame, cands: pl.DataFrame, weights: d
             "comparisons": d.height}
 
 
-def rationale_samples(judgments: pl.DataFrame, n: int = 3) -> list[dict]:
-    """A few explained verdicts, for the report: what the judge said before its final line."""
+def rationale_samples(judgments: pl.DataFrame | pl.LazyFrame, n: int = 3) -> list[dict]:
+    """A few explained verdicts, for the report: what the judge said before its final line.
+    judgments: a frame with the rationale column, or a lazy scan of judgments.parquet."""
     # critiques and revisions (pairs.source revise) keep their text in rationale too: not verdicts
     r = judgments.filter(pl.col("rationale").is_not_null() & (pl.col("verdict") != "invalid")
-                         & ~pl.col("kind").is_in(TEXT_KINDS)).head(n)
+                         & ~pl.col("kind").is_in(TEXT_KINDS)).head(n).lazy().collect()
     return [{"prompt_id": x["prompt_id"], "kind": x["kind"], "order": x["order"], "verdict": x["verdict"],
              "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
 
