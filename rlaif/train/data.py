@@ -57,22 +57,53 @@ def check_tokenizer(cfg: RunConfig, tok, model_path: str) -> None:
                         f"the policy's ({model_path})")
 
 
+def _tokens(tok, messages: list[dict], generation_prompt: bool = False) -> int:
+    return len(tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True,
+                                       return_dict=True)["input_ids"])
+
+
+def drop_oldest_turns(prompt: list[dict], completions: list[list[dict]], tok, limit: int) -> list[dict]:
+    """A conversation over max_length loses its oldest exchanges, whole (a user turn and the replies after
+    it), keeping a leading system message and the final user turn, so the judged final turn trains whole
+    after the turns nearest it (issue 23, item 3). TRL's own truncation does the opposite here: its default
+    truncation_mode keep_start cuts the end of prompt+completion, the judged turn, and drops a row whose
+    prompt alone fills max_length (trl 1.16 dpo_trainer.py: DataCollatorForPreference, _prepare_dataset)."""
+    head = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    body = prompt[len(head):]
+    while max(_tokens(tok, head + body + c) for c in completions) > limit:
+        nxt = next((i for i, m in enumerate(body) if i > 0 and m["role"] == "user"), None)
+        if nxt is None:  # only the final user turn left: TRL cuts what still does not fit, as for one turn
+            break
+        body = body[nxt:]
+    return head + body
+
+
 def to_dataset(pairs: pl.DataFrame, tok, cfg: RunConfig):
-    """TRL conversational preference rows; pairs over max_length are dropped (counted) or left to truncate."""
+    """TRL conversational preference rows; pairs over max_length are dropped (counted), or (overlong=truncate)
+    lose their oldest turns and leave the rest to TRL's truncation; a prompt that alone fills max_length
+    would be dropped silently by TRL, so it is dropped and counted here."""
     import datasets
 
-    rows, over = [], 0
+    limit = cfg.train.max_length
+    rows, over, cut = [], 0, 0
     for r in pairs.iter_rows(named=True):
         prompt = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
         row = {"prompt": prompt, "chosen": [{"role": "assistant", "content": r["chosen"]}],
                "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        longest = max(len(tok.apply_chat_template(prompt + row[k], tokenize=True, return_dict=True)["input_ids"])
-                      for k in ("chosen", "rejected"))
-        if longest > cfg.train.max_length and cfg.train.overlong == "drop":
-            over += 1
-            continue
+        if max(_tokens(tok, prompt + row[k]) for k in ("chosen", "rejected")) > limit:
+            if cfg.train.overlong == "drop":
+                over += 1
+                continue
+            row["prompt"] = drop_oldest_turns(prompt, [row["chosen"], row["rejected"]], tok, limit)
+            cut += len(row["prompt"]) < len(prompt)
+            if _tokens(tok, row["prompt"], generation_prompt=True) >= limit:
+                over += 1
+                continue
         rows.append(row)
+    if cut:
+        print(f"train: {cut} conversation(s) over train.max_length={limit} lost their oldest turns "
+              "(the final turn is kept whole)")
     if not rows:
-        raise UserError(f"all {pairs.height} pairs are longer than train.max_length={cfg.train.max_length} tokens; "
+        raise UserError(f"all {pairs.height} pairs are longer than train.max_length={limit} tokens; "
                         "raise it or set train.overlong=truncate")
     return datasets.Dataset.from_list(rows), over
