@@ -55,7 +55,7 @@ STYLES = ["Answer in one sentence.", "Answer as a short bulleted list.", "Explai
 
 def make_prompts(count: int) -> str:
     """`count` distinct prompts: the quickstart and held-out prompts, then the same with a style asked for."""
-    from rlaif.io import read_prompts
+    from rlaif.prompts import read_prompts
 
     base = [m[-1]["content"] for f in ("quickstart.jsonl", "quickstart-heldout.jsonl")
             for m in read_prompts(ROOT / "configs/prompts" / f)["messages"].to_list()]
@@ -67,7 +67,7 @@ def make_prompts(count: int) -> str:
 
 
 def load_chats(args) -> list[list[dict]]:
-    from rlaif.io import read_prompts  # the stage's own reader: both sides see identical chats
+    from rlaif.prompts import read_prompts  # the stage's own reader: both sides see identical chats
 
     return read_prompts(args.prompts)["messages"].to_list()
 

@@ -46,7 +46,8 @@ def make_pairs(path: Path, n: int) -> None:
     sys.path.insert(0, str(ROOT))
     import polars as pl
 
-    from rlaif.io import PAIRS_SCHEMA, read_prompts, write_parquet
+    from rlaif.io import PAIRS_SCHEMA, write_parquet
+    from rlaif.prompts import read_prompts
 
     prompts = read_prompts(ROOT / "configs/prompts/quickstart.jsonl").head(n)
     rows = [{"prompt_id": r["prompt_id"], "messages": r["messages"], "round": 0, "margin": 1.0, "consistent": True,

@@ -146,18 +146,18 @@ def check_margins(cfg, stages: list[str], r: Report) -> None:
 # ------------------------------------------------------------------ files
 
 def check_files(cfg, stages: list[str], r: Report) -> None:
-    from rlaif.io import read_prompts
+    from rlaif.prompts import prompt_args, read_prompts
 
     trained = None
     if set(stages) & {"generate", "evaluate"}:
-        trained = r.guard("files", "prompts", read_prompts, cfg.prompts, cfg.prompts_split)
+        trained = r.guard("files", "prompts", read_prompts, *prompt_args(cfg))
     if "evaluate" in stages and cfg.evaluate.prompts:
         from rlaif.evaluate.stage import heldout_prompts  # reads both files and refuses an overlap
 
         if trained is not None:
             r.guard("files", "evaluate.prompts", heldout_prompts, cfg)
         else:
-            r.guard("files", "evaluate.prompts", read_prompts, cfg.evaluate.prompts, cfg.evaluate.prompts_split)
+            r.guard("files", "evaluate.prompts", read_prompts, *prompt_args(cfg, heldout=True))
     if "evaluate" in stages and cfg.evaluate.pairs:
         r.guard("files", "evaluate.pairs", _parquet, cfg.evaluate.pairs, "evaluate.pairs")
     if set(stages) & {"judge", "evaluate", "calibrate"}:

@@ -58,7 +58,7 @@ class GenerateConfig(Strict):
                                           "quantization: fp8} (backend vllm only)")
     system_prompt: str | None = Field(
         None, description="a system message put first in every prompt that has none (a prompt's own system "
-                          "message is kept); generation, evaluation answers and so the training pairs see it")
+                          "message, or its `system` column, is kept); generation, evaluation answers and so the training pairs see it")
     chat_template: str | None = Field(
         None, description="a Jinja chat template file replacing the tokenizer's, for generation, training and "
                           "evaluation (enters fingerprints by content)")
@@ -448,9 +448,28 @@ class CheckConfig(Strict):
         return self
 
 
+# A prompt set's fields (rlaif/prompts.py); `turns` holds the user turns of a conversation to play out.
+PROMPT_FIELDS = ("prompt_id", "prompt", "messages", "system", "turns")
+COLUMNS_HELP = ("rlaif field -> the file's column (null: ignore it), e.g. {prompt_id: id, prompt: instruction, "
+                "system: sys}; fields: " + ", ".join(PROMPT_FIELDS))
+DEDUP_HELP = ("a repeated prompt_id (given, or derived from the same conversation): error refuses the file, "
+              "first keeps the first row (the generate manifest counts the rows dropped)")
+
+
+def _prompt_columns(v: dict) -> dict:
+    bad = [k for k in v if k not in PROMPT_FIELDS]
+    if bad:
+        raise _check_error(f"unknown field {bad[0]!r}; map one of {', '.join(PROMPT_FIELDS)} to a column name")
+    return v
+
+
 class EvaluateConfig(Strict):
-    prompts: str | None = Field(None, description="held-out prompts (never used for training); None: no evaluation")
-    prompts_split: str = Field("test", description="split to use when `prompts` is a saved DatasetDict")
+    prompts: str | None = Field(None, description="held-out prompts (never used for training), in `prompts`' "
+                                                  "formats; None: no evaluation")
+    prompts_split: str = Field("test", description="split to use when `prompts` is a saved DatasetDict or a "
+                                                   "Hub-layout folder of shards")
+    prompts_columns: dict[str, str | None] = Field(default_factory=dict, description=COLUMNS_HELP)
+    prompts_dedup: Literal["error", "first"] = Field("error", description=DEDUP_HELP)
     n_prompts: int | None = Field(None, ge=1, description="first N held-out prompts; None: all")
     mode: Literal["pairwise", "score"] = Field(
         "pairwise", description="pairwise: policy vs SFT in both orders; score: each answer scored alone")
@@ -470,6 +489,11 @@ class EvaluateConfig(Strict):
     checks: dict[str, CheckConfig] = Field(
         default_factory=dict, description="named checks measured without the judge on policy and SFT answers, e.g. "
                                           "{short: {max_words: 120}, no_sorry: {regex: 'sorry', must_match: false}}")
+
+    @field_validator("prompts_columns")
+    @classmethod
+    def _columns(cls, v):
+        return _prompt_columns(v)
 
     @field_validator("checks")
     @classmethod
@@ -541,8 +565,12 @@ class RunConfig(Strict):
     rounds: int = Field(1, ge=1)
     seed: int = 0
     model: str = Field("demo", description='SFT model folder, or "demo" for the offline SmolLM2-135M-Instruct')
-    prompts: str = Field(..., description="prompts file: JSONL, parquet, CSV or a saved HF dataset folder")
-    prompts_split: str = Field("train", description="split to use when `prompts` is a saved DatasetDict")
+    prompts: str = Field(..., description="prompts: a JSONL, parquet or CSV file, a folder of .parquet/.jsonl "
+                                          "shards (Hub layout data/train-*.parquet, or plain) or a saved HF dataset")
+    prompts_split: str = Field("train", description="split to use when `prompts` is a saved DatasetDict or a "
+                                                    "Hub-layout folder of shards")
+    prompts_columns: dict[str, str | None] = Field(default_factory=dict, description=COLUMNS_HELP)
+    prompts_dedup: Literal["error", "first"] = Field("error", description=DEDUP_HELP)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
@@ -553,6 +581,11 @@ class RunConfig(Strict):
     run: RunSection = Field(default_factory=RunSection)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("prompts_columns")
+    @classmethod
+    def _columns(cls, v):
+        return _prompt_columns(v)
 
     def round_dir(self, k: int | None = None) -> Path:
         return Path(self.run_dir) / f"round-{self.round if k is None else k}"

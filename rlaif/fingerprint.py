@@ -77,15 +77,28 @@ def _value(key: str, value) -> str:
     """A key's part: its value's hash, or its file's content hash when the value names a file/folder."""
     if key in FILE_KEYS and isinstance(value, str) and "\n" not in value and len(value) < 4096:
         p = Path(value).expanduser()
+        if p.is_dir():  # a folder of prompt shards: a shard rewritten in place leaves the folder's mtime as it was
+            return _folder(str(p.resolve()))
         if p.exists():
             st = p.stat()
             return _content(str(p.resolve()), st.st_mtime_ns, st.st_size)
     return _h(value)
 
 
+# Keys added after runs existed (issue 23): at their default they leave a fingerprint as it was, so
+# upgrading rlaif does not redo a finished stage that the new key would not have changed.
+QUIET_DEFAULTS = {"prompts_columns": {}, "prompts_dedup": "error",
+                  "evaluate.prompts_columns": {}, "evaluate.prompts_dedup": "error"}
+
+
+def _quiet(key: str, value) -> bool:
+    return key in QUIET_DEFAULTS and value == QUIET_DEFAULTS[key]
+
+
 def _keys(section, prefix: str, skip: set[str] = frozenset()) -> dict[str, str]:
     data = section.model_dump(mode="json", by_alias=True)
-    return {f"{prefix}.{k}": _value(f"{prefix}.{k}", v) for k, v in data.items() if k not in skip}
+    return {f"{prefix}.{k}": _value(f"{prefix}.{k}", v) for k, v in data.items()
+            if k not in skip and not _quiet(f"{prefix}.{k}", v)}
 
 
 def _model(name: str) -> str:
@@ -163,6 +176,8 @@ def _made_from(cfg, k: int, stage: str, memo: dict) -> dict:
         skip = NOT_OUTPUT["generate"] | ({"batch_size"} if g.backend == "vllm" else set())
         parts.update(_keys(g, "generate", skip))
         parts.update(seed=_h(cfg.seed), prompts=_value("prompts", cfg.prompts), prompts_split=_h(cfg.prompts_split))
+        parts.update({k: _h(v) for k, v in (("prompts_columns", cfg.prompts_columns),
+                                            ("prompts_dedup", cfg.prompts_dedup)) if not _quiet(k, v)})
         if k == 0:
             parts["generate.model"] = _model(g.model or cfg.model)
         else:  # the loop samples round k from round k-1's policy (its base plus its adapter)

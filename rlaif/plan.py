@@ -143,15 +143,15 @@ def section(cfg, calls: dict, rows, ctx: dict, ph: int, tag: str) -> dict:
 
 
 def build(cfg) -> dict:
-    from rlaif.io import read_prompts
+    from rlaif.prompts import prompt_args, read_prompts
     from rlaif.judge.templates import build_spec
 
-    prompts = read_prompts(cfg.prompts, cfg.prompts_split)
+    prompts = read_prompts(*prompt_args(cfg))
     if cfg.generate.max_prompts:
         prompts = prompts.head(cfg.generate.max_prompts)
     heldout = 0
     if cfg.evaluate.prompts and Path(cfg.evaluate.prompts).exists():
-        heldout = read_prompts(cfg.evaluate.prompts, cfg.evaluate.prompts_split).height
+        heldout = read_prompts(*prompt_args(cfg, heldout=True)).height
         heldout = min(heldout, cfg.evaluate.n_prompts or heldout)
     gen = M.generation(cfg)
     counter = TokenCounter(cfg)

@@ -12,7 +12,8 @@ import pytest
 from conftest import ASSETS, ROOT, finished_adapter, make_adapter, rlaif_cli
 from rlaif.config import GenerateConfig, RunConfig, load_config
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA, read_prompts
+from rlaif.io import CANDIDATES_SCHEMA
+from rlaif.prompts import read_prompts
 import rlaif.generate as generate
 from rlaif.generate import spawn, stage as gstage
 

@@ -29,7 +29,8 @@ from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, UserError
 from rlaif.evaluate import lc_anchor as LA
 from rlaif.evaluate import metrics as M
-from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, read_prompts, write_json, write_parquet
+from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
+from rlaif.prompts import prompt_args, read_prompts
 from rlaif.judge.pairs.compare import checklist_weights
 from rlaif.judge.session import JudgeSession, judge_label, judge_weights, same_text
 from rlaif.judge.candidates import read_candidates
@@ -52,10 +53,10 @@ def heldout_prompts(cfg: RunConfig) -> pl.DataFrame:
     if not e.prompts:
         raise UserError("evaluate.prompts: not set; name a held-out prompts file (never used for training), "
                         "e.g. evaluate.prompts=configs/prompts/quickstart-heldout.jsonl")
-    prompts = read_prompts(e.prompts, e.prompts_split)
+    prompts = read_prompts(*prompt_args(cfg, heldout=True))
     if e.n_prompts:
         prompts = prompts.head(e.n_prompts)
-    trained = {json.dumps(m, sort_keys=True) for m in read_prompts(cfg.prompts, cfg.prompts_split)["messages"].to_list()}
+    trained = {json.dumps(m, sort_keys=True) for m in read_prompts(*prompt_args(cfg))["messages"].to_list()}
     leaked = [pid for pid, m in zip(prompts["prompt_id"], prompts["messages"].to_list())
               if json.dumps(m, sort_keys=True) in trained]
     if leaked:

@@ -19,7 +19,9 @@ from rlaif.io import CANDIDATES_SCHEMA, write_json
 from rlaif.models import folder_id
 
 
-def write_manifest(cfg: RunConfig, model: str, out: Path) -> Path:
+def write_manifest(cfg: RunConfig, model: str, out: Path, prompts: dict | None = None) -> Path:
+    """prompts: how the prompt set read (rlaif.prompts.read_prompts_counted's counts: rows, duplicates
+    dropped by prompts_dedup=first, ids derived from content), for the stage's own prompts."""
     plan = load(out)
     df = pl.read_parquet(sorted(out.glob("part-*.parquet"))) if plan["shards"] else pl.DataFrame(schema=CANDIDATES_SCHEMA)
     if df.select(pl.struct("prompt_id", "candidate_id").is_duplicated().any()).item():
@@ -44,6 +46,8 @@ def write_manifest(cfg: RunConfig, model: str, out: Path) -> Path:
         "timing": timing(workers),
         "versions": versions(g.backend),
     }
+    if prompts is not None:
+        manifest["prompts"] = prompts
     if unreadable:
         manifest["worker_stats_unreadable"] = unreadable
     if workers:

@@ -24,7 +24,7 @@ from rlaif.generate.manifest import write_manifest
 from rlaif.generate.plan import MANIFEST, done, make_plan, render, reuse_shards, save_or_check
 from rlaif.generate.sample import missing, sample_missing
 from rlaif.generate.spawn import WorkerFailed, parse_worker, run_workers
-from rlaif.io import read_prompts
+from rlaif.prompts import prompt_args, read_prompts_counted
 from rlaif.models import resolve_model
 
 __all__ = ["MANIFEST", "WorkerFailed", "fingerprint", "render", "run", "sample_prompts"]
@@ -45,7 +45,7 @@ def run(cfg: RunConfig) -> Path:
     """The `rlaif generate` stage for cfg.round: the whole plan, this worker's share of it, or D workers."""
     g = cfg.generate
     worker = parse_worker(g.worker)
-    prompts = system_prompt(cfg, read_prompts(cfg.prompts, cfg.prompts_split))
+    prompts, counts = read_prompts_counted(*prompt_args(cfg))  # generate.system_prompt applied there
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     rdir, tag = cfg.round_dir(), f"r{cfg.round}"
@@ -70,7 +70,7 @@ def run(cfg: RunConfig) -> Path:
         return out
     if left:
         raise UserError(f"{out}: {left} shard(s) missing after every worker exited 0; rerun to resume")
-    return write_manifest(cfg, model, out)
+    return write_manifest(cfg, model, out, prompts=counts)
 
 
 def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag: str, desc: str) -> Path:

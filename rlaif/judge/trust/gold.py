@@ -29,7 +29,8 @@ import polars as pl
 
 from rlaif.config import CalibrateConfig
 from rlaif.errors import UserError
-from rlaif.io import MESSAGES, parse_messages, read_rows, stable_id
+from rlaif.io import MESSAGES, stable_id
+from rlaif.prompts import parse_messages, read_rows
 
 HUMAN = ("a", "b", "tie")
 GOLD_SCHEMA = pl.Schema({"row": pl.Int64, "where": pl.String, "prompt_id": pl.String, "messages": MESSAGES,
