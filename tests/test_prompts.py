@@ -307,3 +307,17 @@ def test_generate_manifest_counts_the_prompts_read(tmp_path, tiny_model):
     assert m["prompts"] == {"rows": 3, "duplicates_dropped": 1, "ids_derived": 2}
     df = pl.read_parquet(sorted((tmp_path / "round-0" / "candidates").glob("part-*.parquet")))
     assert sorted(c[0]["content"] for c in df["messages"].to_list()) == ["Be brief.", "Config."]
+
+
+def test_new_prompt_keys_at_their_defaults_leave_a_finished_stage_s_fingerprint_as_it_was(tmp_path):
+    """Runs made before prompts_columns/prompts_dedup existed are not redone by an upgrade: at their
+    defaults the keys are not part of generate's or evaluate's fingerprint; set, they are."""
+    from rlaif.fingerprint import made_from
+
+    base = [f"run_dir={tmp_path}", "prompts=tests/assets/prompts.jsonl", "evaluate.prompts=tests/assets/prompts.jsonl"]
+    for stage in ("generate", "evaluate"):
+        parts = made_from(load_config(ROOT / "configs/quickstart.yaml", base), 0, stage)["parts"]
+        assert not [k for k in parts if "prompts_columns" in k or "prompts_dedup" in k], (stage, sorted(parts))
+    parts = made_from(load_config(ROOT / "configs/quickstart.yaml", base + ["evaluate.prompts_dedup=first"]), 0,
+                      "evaluate")["parts"]
+    assert "evaluate.prompts_dedup" in parts
