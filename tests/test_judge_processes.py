@@ -164,3 +164,28 @@ def test_judgments_are_written_a_slice_at_a_time_and_equal_the_whole_join(server
     assert pq.ParquetFile(tmp_path / "j.parquet").metadata.num_row_groups == 7
     got = pl.read_parquet(tmp_path / "j.parquet")
     assert got.equals(whole) and got["rationale"].is_not_null().all()  # the texts too, in the same order
+
+
+@pytest.mark.parametrize("cap", [["judge.max_calls=20"],
+                                 ["judge.max_cost_usd=2.5", "judge.prices={fake-judge: [1000.0, 1000.0]}"]])
+def test_a_budget_stops_two_processes_together_and_a_rerun_finishes(server, reference, tmp_path, cap):
+    """The cap is ledger-wide: two client processes together stay within it (admission is a ledger
+    reservation, rlaif/judge/ledger.py reserve), the stage stops loudly, and a rerun with the cap
+    lifted sends only the calls still missing."""
+    from rlaif.errors import BudgetExceeded
+
+    write_candidates(tmp_path, standard())
+    server.control(latency_s=0.02)
+    with pytest.raises(BudgetExceeded, match="Rerun"):
+        stage.run(config(tmp_path, server, "judge.processes=2", "judge.concurrency=2", *cap))
+    done = {r["key"] for r in ledger_rows(tmp_path) if r["status"] == "done"}
+    sent = server.stats()["requests"]
+    assert 0 < len(done) < CALLS and sent == len(done)  # nothing sent beyond what was admitted and answered
+    if "max_calls" in cap[0]:
+        assert len(done) == 20  # admitted up to the cap, across both processes
+    else:  # ~$0.21 a call at $0.001 a token: the cap admits a handful, and the total stays under it
+        assert 0 < sum(r["cost_usd"] for r in ledger_rows(tmp_path) if r["status"] == "done") <= 2.5
+    assert not (rd(tmp_path) / "pairs.parquet").exists()
+    stage.run(config(tmp_path, server, "judge.processes=2"))
+    assert key_of_frame(judgments(tmp_path)).equals(reference)
+    assert server.stats()["requests"] == CALLS  # the rerun paid only for the missing calls
