@@ -54,9 +54,9 @@ def _vllm_python() -> str:
 class Holder:
     """A process that serves j (as rlaif would) until it is killed; url once the server is healthy."""
 
-    def __init__(self, j: JudgeConfig, folder: Path, env: dict, timeout_s: float) -> None:
+    def __init__(self, j: JudgeConfig, folder: Path, env: dict, timeout_s: float, prefix: tuple = ()) -> None:
         self.folder = folder
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, j.model_dump_json(), str(folder), str(timeout_s)],
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-c", HOLDER, j.model_dump_json(), str(folder), str(timeout_s)],
                                      cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
                                      stdout=subprocess.DEVNULL, stderr=open(folder / "holder.err", "wb"))
         url = folder / "url"
@@ -100,11 +100,14 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def kill9_leaves_nothing(holder: Holder) -> None:
+def kill9_leaves_nothing(holder: Holder, pid: int | None = None) -> None:
+    """kill -9 the holder (or pid, the holder as seen from here when a prefix runs it), then nothing of
+    the server may be left."""
     group = server_group(holder.port)
     assert group and port_open(holder.port)
-    os.kill(holder.proc.pid, signal.SIGKILL)
-    holder.proc.wait()
+    os.kill(pid or holder.proc.pid, signal.SIGKILL)
+    if pid is None:
+        holder.proc.wait()
     deadline = time.monotonic() + 60  # SIGTERM, vLLM's shutdown, then SIGKILL after 15 s at worst
     while (server_group(holder.port) or port_open(holder.port)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -158,6 +161,34 @@ def test_served_fake_judge_answers_then_kill9_of_rlaif_leaves_no_server(tmp_path
         kill9_leaves_nothing(holder)
     finally:
         holder.close()
+
+
+def test_in_a_container_whose_pid_1_never_reaps_kill9_of_rlaif_leaves_no_server(tmp_path):
+    """A container whose entrypoint is a plain process (PID 1 neither reaps nor forwards signals): the
+    server, orphaned by kill -9 of rlaif, is reparented to that PID 1 and not to anything that would stop
+    it, so only rlaif's watcher can. The container: a real PID namespace (tests/test_pid1.py)."""
+    from test_pid1 import container
+
+    j = JudgeConfig(backend="openai", model="fake-judge", serve=True, api_key_env=None,
+                    serve_command=f"{sys.executable} {ROOT / 'tests' / 'fake_openai_server.py'} --policy longer")
+    holder = Holder(j, tmp_path, {"FAKE_OPENAI_OWNED_BY": "vllm"}, 30,
+                    prefix=tuple(container(["sh", "-c", '"$@" & exec sleep 600', "entrypoint"])))
+    try:
+        rlaif = [int(p) for p in os.listdir("/proc") if p.isdigit() and _holds(p, tmp_path)]
+        assert len(rlaif) == 1
+        kill9_leaves_nothing(holder, rlaif[0])
+        assert holder.proc.poll() is None  # the container (its PID 1) lives on: the watcher did it
+    finally:
+        holder.close()
+
+
+def _holds(pid: str, folder: Path) -> bool:
+    """Is pid the holder (rlaif) serving into folder? (a `python -c HOLDER ... folder` command line)"""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return args[1:2] == [b"-c"] and args[2:3] == [HOLDER.encode()] and str(folder).encode() in args
 
 
 def test_a_server_that_exits_at_start_is_one_error_with_its_last_lines(tmp_path):
