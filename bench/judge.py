@@ -14,8 +14,9 @@ process: a bare AsyncOpenAI loop, `rlaif judge` (plan, ledger, report and filter
 judge.processes, and distilabel's TextGeneration on OpenAILLM when --distilabel-python names a
 python that has it (python3 -m venv /tmp/distil-venv && /tmp/distil-venv/bin/pip install
 distilabel==1.5.3 requests: its OpenAI module imports requests without depending on it). Each: calls/s, client CPU ms per call (the client's processes, not the
-server's), peak RSS. --scale: one `rlaif judge` of PROMPTS x 4 candidates, wall time, CPU per call
-and peak RSS per step (read, judge = plan + send, report, filter), sampled every 20 ms.
+server's), peak RSS. --scale: one `rlaif judge` of PROMPTS x 4 candidates, wall time, CPU per call,
+and wall time and peak RSS per step (read, judge = plan + send + writing judgments.parquet, report,
+filter), RSS sampled every 20 ms.
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def child(kind: str, url: str, calls: int, run_dir: str, processes: int, conc: i
     import resource
     import threading
 
-    peaks, phase = {}, ["read"]
+    peaks, phase, starts = {}, ["read"], []  # starts: (the step that ended, when) as each next step begins
 
     def sample() -> None:  # peak RSS per step: VmRSS every 20 ms, charged to the step running
         while True:
@@ -125,6 +126,8 @@ def child(kind: str, url: str, calls: int, run_dir: str, processes: int, conc: i
 
         def step(name, fn):
             def wrapped(*a, **k):
+                now = time.perf_counter()
+                starts.append((phase[0], now))
                 phase[0] = name
                 return fn(*a, **k)
             return wrapped
@@ -134,12 +137,15 @@ def child(kind: str, url: str, calls: int, run_dir: str, processes: int, conc: i
         rep = judge_once(argparse.Namespace(base_url=url), Path(run_dir), "judge.mode=score",
                          f"judge.concurrency={conc}", f"judge.processes={processes}")
     wall = time.perf_counter() - t0
+    ends = starts + [(phase[0], t0 + wall)]
+    seconds = {name: round(end - (ends[i - 1][1] if i else t0), 2) for i, (name, end) in enumerate(ends)}
     r1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1))
     return {"client": kind if kind != "rlaif" else f"rlaif (processes={processes})", "calls": calls,
             "wall_s": round(wall, 2), "calls_per_s": round(calls / wall, 1), "cpu_ms_per_call": round(cpu / calls * 1e3, 3),
             "peak_rss_mb": round(max(r1[0].ru_maxrss, r1[1].ru_maxrss) / 1024, 1),
             "peak_rss_mb_by_step": {k: round(v, 1) for k, v in peaks.items()},
+            "wall_s_by_step": seconds if kind == "rlaif" else None,
             "send_calls_per_s": rep["calls_per_s"] if kind == "rlaif" else None}
 
 
