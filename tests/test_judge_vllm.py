@@ -120,9 +120,8 @@ def sides(demo_model, tmp_path_factory):
     for name, adapter in (("base", None), ("adapter", str(tmp / "adapter"))):
         judge = load_judge(JudgeConfig(backend="local", batch_size=4), str(model), adapter=adapter)
         local[name] = {}
-        # labels and text apart: LocalJudge generates text for a whole batch once one call in it has no labels
-        for part in ([c for c in _calls() if c.labels], [c for c in _calls() if not c.labels]):
-            judge.run(iter(part), lambda c, r, d=local[name]: d.__setitem__(c.key, r))
+        # label and text calls mixed in one batch, as a stage sends them: each part answered its own way
+        judge.run(iter(_calls()), lambda c, r, d=local[name]: d.__setitem__(c.key, r))
     rmj = load_judge(JudgeConfig(backend="reward_model", model=str(rm)), str(rm))
     local["rewards"] = {}
     rmj.run(iter(_rm_calls()), lambda c, r: local["rewards"].__setitem__(c.key, r))

@@ -98,20 +98,29 @@ class LocalJudge:
     def run(self, calls, on_reply) -> None:
         it = iter(calls)
         while batch := list(itertools.islice(it, self.cfg.batch_size)):
-            t0 = time.monotonic()
-            prompts = [self._ids(c.messages) for c in batch]
-            gen = [c for c in batch if self.cfg.explain or not c.labels]
-            if gen:  # explained verdicts and checklist writing: text, parsed by the stage
-                texts = self._generate(batch, prompts)
-                dt = (time.monotonic() - t0) / len(batch)
-                for call, p, (text, fin) in zip(batch, prompts, texts):
-                    on_reply(call, Reply(text=text, finish_reason=fin, input_tokens=len(p),
-                                         output_tokens=len(self.tok.encode(text, add_special_tokens=False)),
-                                         latency_s=dt))
-                continue
-            scores = self._label_scores(batch, prompts)
-            dt = (time.monotonic() - t0) / len(batch)
-            for call, p, top in zip(batch, prompts, scores):
-                label = max(top, key=top.get)  # the reply is one label: one position, every label its alternative
-                on_reply(call, Reply(text=label, top=[(label, top)], finish_reason="stop",
-                                     input_tokens=len(p), output_tokens=1, latency_s=dt))
+            # a batch may mix label calls (one forward, P(label)) with text calls (explained verdicts,
+            # critiques, checklist writing): each part goes its own way, so a label call next to a
+            # critique still gets its label probabilities
+            is_text = [self.cfg.explain or not c.labels for c in batch]
+            text = [c for c, t in zip(batch, is_text) if t]
+            labels = [c for c, t in zip(batch, is_text) if not t]
+            for part, fn in ((text, self._reply_text), (labels, self._reply_labels)):
+                if part:
+                    t0 = time.monotonic()
+                    prompts = [self._ids(c.messages) for c in part]
+                    fn(part, prompts, t0, on_reply)
+
+    def _reply_text(self, batch, prompts, t0: float, on_reply) -> None:
+        texts = self._generate(batch, prompts)
+        dt = (time.monotonic() - t0) / len(batch)
+        for call, p, (text, fin) in zip(batch, prompts, texts):
+            on_reply(call, Reply(text=text, finish_reason=fin, input_tokens=len(p),
+                                 output_tokens=len(self.tok.encode(text, add_special_tokens=False)), latency_s=dt))
+
+    def _reply_labels(self, batch, prompts, t0: float, on_reply) -> None:
+        scores = self._label_scores(batch, prompts)
+        dt = (time.monotonic() - t0) / len(batch)
+        for call, p, top in zip(batch, prompts, scores):
+            label = max(top, key=top.get)  # the reply is one label: one position, every label its alternative
+            on_reply(call, Reply(text=label, top=[(label, top)], finish_reason="stop",
+                                 input_tokens=len(p), output_tokens=1, latency_s=dt))
