@@ -178,6 +178,9 @@ class JudgeConfig(Strict):
         None, ge=0, le=1, description="refuse to judge unless RUN_DIR/calibration holds a calibration of this judge "
                                       "(judge_id and template) with agreement >= this (rlaif calibrate)")
     max_input_tokens: int = Field(8192, ge=64, description="judge context; longer inputs are rejected, not sent")
+    max_history_tokens: int = Field(
+        2048, ge=0, description="a multi-turn prompt's earlier turns (estimated as characters / 3) shown to the judge; "
+                                "a longer history loses its oldest turns, whole, and says how many were omitted")
     max_response_chars: int = Field(100_000, ge=1, description="longer candidate texts are rejected, not sent")
     # rate limits (openai backend): shared by every concurrent call of the process, adapting down on 429s
     rpm: int | None = Field(None, ge=1, description="requests per minute limit; None: unlimited")

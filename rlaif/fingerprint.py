@@ -88,7 +88,8 @@ def _value(key: str, value) -> str:
 # Keys added after runs existed (issue 23): at their default they leave a fingerprint as it was, so
 # upgrading rlaif does not redo a finished stage that the new key would not have changed.
 QUIET_DEFAULTS = {"prompts_columns": {}, "prompts_dedup": "error",
-                  "evaluate.prompts_columns": {}, "evaluate.prompts_dedup": "error"}
+                  "evaluate.prompts_columns": {}, "evaluate.prompts_dedup": "error",
+                  "judge.max_history_tokens": 2048}
 
 
 def _quiet(key: str, value) -> bool:

@@ -11,7 +11,7 @@ import polars as pl
 from rlaif.config import JudgeConfig
 from rlaif.errors import UserError
 from rlaif.io import CANDIDATES_SCHEMA, read_parquet_checked
-from rlaif.judge.templates import conversation
+from rlaif.judge.templates import conversation, fit_history, split_turns
 
 
 def read_candidates(rdir: Path) -> pl.DataFrame:
@@ -33,7 +33,10 @@ def reject_reason(text: str | None, chat: list[dict], cfg: JudgeConfig) -> str |
     except UnicodeEncodeError:
         return "invalid_unicode"
     # ~3 characters a token is a safe overestimate for English; two responses must fit in one call.
-    if (len(conversation(chat)) + 2 * len(text)) / 3 > cfg.max_input_tokens:
+    # A multi-turn history is measured as the judge will show it: cut to judge.max_history_tokens.
+    turns = split_turns(chat)
+    shown = chat if turns is None else [*fit_history(turns[0], cfg.max_history_tokens)[0], turns[1], *turns[2]]
+    if (len(conversation(shown)) + 2 * len(text)) / 3 > cfg.max_input_tokens:
         return "over_judge_context"
     return None
 

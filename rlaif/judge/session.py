@@ -129,7 +129,8 @@ class JudgeSession:
                         max_tokens=0)
         question = item[1] if item else None
         msgs = spec.render(kind, chat, first, second, question)
-        key = call_key(self.identity, spec.version(kind) + T.fence_tag(chat, first, second, question), chat, first,
+        tags = T.fence_tag(chat, first, second, question) + spec.turn_tag(chat)  # keys of renderings that changed
+        key = call_key(self.identity, spec.version(kind) + tags, chat, first,
                        second, order, question if kind == "checklist" else None)
         if kind == "checklist_writer":
             tokens = max(tokens, 256)
@@ -170,7 +171,8 @@ class JudgeSession:
         a free-text reply. Its key: this session's identity (the critic's), the template version (the
         principle is its criteria), the prompt, the original, the critique (revisions) and the reply cap."""
         msgs = spec.render(kind, chat, cand[1], critique)
-        key = call_key(self.identity, spec.version(kind) + T.fence_tag(chat, cand[1], critique, item), chat, cand[1],
+        tags = T.fence_tag(chat, cand[1], critique, item) + spec.turn_tag(chat)
+        key = call_key(self.identity, spec.version(kind) + tags, chat, cand[1],
                        critique, None, f"max_tokens={max_tokens}")
         return Call(key, pid, kind, cand[0], None, None, tuple(msgs), sum(len(m["content"]) for m in msgs) // 3,
                     (), tuple(chat), None, item, max_tokens, version=spec.version(kind))

@@ -85,6 +85,70 @@ def conversation(messages) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+# ------------------------------------------------------------------ the judged turn (issue 23, item 2)
+# A chat with an assistant turn before its final user turn is multi-turn: its earlier turns are context and
+# only the assistant's reply to the final user turn is judged (MT-Bench's multi-turn judge prompt shows
+# turn 1 and asks to focus on the answer to the second question: Zheng et al. 2023, arXiv 2306.05685).
+# The conversation field then holds two fenced sub-blocks, `history` and `final_user_turn` (and
+# `judged_response` when the chat ends with the judged reply, as the meta-judge's does); their markers
+# cannot be forged, since fence() breaks every `<<<` in data.
+# A single-turn chat renders exactly as before, so its ledger key and paid verdict stay valid.
+TURN_TAG = "+turns1"  # the multi-turn rendering's version, added to such calls' keys only (see turn_tag)
+
+
+def split_turns(chat) -> tuple[list, dict, list] | None:
+    """(history, final user turn, what follows it) for a multi-turn chat; None for a single-turn one."""
+    chat = list(chat or ())
+    last = max((i for i, m in enumerate(chat) if m.get("role") == "user"), default=None)
+    if last is None or not any(m.get("role") == "assistant" for m in chat[:last]):
+        return None
+    return chat[:last], chat[last], chat[last + 1:]
+
+
+def fit_history(history: list, max_tokens: int) -> tuple[list, int]:
+    """(the turns kept, how many were dropped): whole turns from the oldest until the history fits
+    max_tokens, estimated as characters / 3 like every judge input (rlaif/judge/candidates.py). System
+    turns are kept: they frame the whole conversation."""
+    kept = list(history)
+    dropped = 0
+    while len(conversation(kept)) / 3 > max_tokens:
+        i = next((i for i, m in enumerate(kept) if m.get("role") != "system"), None)
+        if i is None:
+            break
+        del kept[i]
+        dropped += 1
+    return kept, dropped
+
+
+def _block(name: str, messages) -> str:
+    return f"<<<BEGIN_DATA id={name}>>>\n{fence(conversation(messages))}\n<<<END_DATA id={name}>>>"
+
+
+def turns_field(history: list, final: dict, after: list, max_tokens: int) -> str:
+    """The conversation field of a multi-turn chat: the history (oldest turns dropped to fit, with a
+    marker that counts them), then the final user turn, then the judged reply if the chat holds it."""
+    kept, dropped = fit_history(history, max_tokens)
+    parts = [f"[{dropped} earlier turn{'s' if dropped != 1 else ''} omitted]"] if dropped else []
+    parts += [_block("history", kept)] if kept else []
+    parts += [_block("final_user_turn", [final])] + ([_block("judged_response", after)] if after else [])
+    return "\n".join(parts)
+
+
+def judged_note(kind: str, after: list) -> str:
+    """What a multi-turn call judges, in words: said outside the data, before the template's own text."""
+    head = ("This conversation has several turns. Its earlier turns (data block `history`) are context only: "
+            "the assistant turns there are not judged. ")
+    if after:
+        return head + ("The judged response is the assistant's reply to the final user turn (data block "
+                       "`final_user_turn`), shown after it (data block `judged_response`).")
+    if kind == "checklist_writer":
+        return head + ("Write the checklist for the assistant's reply to the final user turn (data block "
+                       "`final_user_turn`) only.")
+    what = {"pairwise": "The two responses judged are each", "critique": "The response reviewed is",
+            "revision": "The response to revise is"}.get(kind, "The response judged is")
+    return head + f"{what} the assistant's reply to the final user turn (data block `final_user_turn`) only."
+
+
 def _read_template(path: Path, key: str) -> dict:
     try:
         raw = path.read_bytes()
@@ -161,6 +225,7 @@ class Spec:
     verdicts: str  # binary | graded
     rubric_source: str  # "inline", a file path, or "" (no rubric)
     principles: tuple = ()
+    max_history_tokens: int = 2048  # judge.max_history_tokens: not in version(); turn_tag() keys what it changes
 
     @property
     def rubric_id(self) -> dict:
@@ -185,8 +250,9 @@ class Spec:
                question: str | None = None) -> list[dict]:
         """Chat messages for one judge call; `first`/`second` are the texts in slots A/B (or R)."""
         t = self.templates[kind]
-        fields = {"conversation": fence(conversation(chat)), "criteria": self.criteria,
-                  "answer_format": self.answer_format(kind)}
+        turns = split_turns(chat)
+        convo = fence(conversation(chat)) if turns is None else turns_field(*turns, self.max_history_tokens)
+        fields = {"conversation": convo, "criteria": self.criteria, "answer_format": self.answer_format(kind)}
         if kind == "pairwise":
             fields.update(response_a=fence(first), response_b=fence(second or ""))
         elif kind in ("score", "checklist", "critique", "revision"):
@@ -203,7 +269,19 @@ class Spec:
             system += "\n" + self.criteria
         if "{answer_format}" not in t.system + t.user and fields["answer_format"]:
             user += "\n\n" + fields["answer_format"]
+        if turns is not None:
+            user = judged_note(kind, turns[2]) + "\n\n" + user
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def turn_tag(self, chat) -> str:
+        """'' for a single-turn chat (rendered as always, so its key and paid verdict stand); TURN_TAG for a
+        multi-turn one, plus how many turns were cut when the history is over max_history_tokens. Beside
+        fence_tag in a call's key: a verdict on the old one-blob rendering is never reused."""
+        turns = split_turns(chat)
+        if turns is None:
+            return ""
+        dropped = fit_history(turns[0], self.max_history_tokens)[1]
+        return TURN_TAG + (f"-cut{dropped}" if dropped else "")
 
     def labels(self, kind: str) -> tuple:
         """The answers a logit-reading backend chooses among (its reply is one of these)."""
@@ -240,7 +318,8 @@ def build_spec(cfg) -> Spec:
     if cfg.template:
         kind, t = user_template(cfg.template)
         templates[kind] = t
-    return Spec(templates, criteria_text(rubric, principles), cfg.explain, cfg.verdicts, source, tuple(principles))
+    return Spec(templates, criteria_text(rubric, principles), cfg.explain, cfg.verdicts, source, tuple(principles),
+                cfg.max_history_tokens)
 
 
 # ------------------------------------------------------------------ parsing the final line

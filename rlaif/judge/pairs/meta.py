@@ -62,8 +62,8 @@ def judgment_calls(js, cfg, spec: T.Spec, pid: str, chat, cand: tuple) -> list[C
     out = []
     for i in range(j.meta_judgments):
         tag = f"#meta-sample{i}@t{j.meta_temperature}"
-        key = call_key(js.identity, version + T.fence_tag(chat, cand[1]) + tag, chat, cand[1], None, None,
-                       f"max_tokens={j.meta_max_tokens}")
+        key = call_key(js.identity, version + T.fence_tag(chat, cand[1]) + spec.turn_tag(chat) + tag, chat, cand[1],
+                       None, None, f"max_tokens={j.meta_max_tokens}")
         seed = int(stable_id([cfg.seed, cfg.round, cand[0], i], n=8), 16)
         out.append(Call(key, pid, "critique", cand[0], None, None, msgs, sum(len(m["content"]) for m in msgs) // 3,
                         (), tuple(chat), None, f"j{i}", j.meta_max_tokens, version=version,

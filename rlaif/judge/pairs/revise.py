@@ -109,7 +109,8 @@ def critic_spec(critic: JudgeSession, rc) -> T.Spec:
     for kind, path in (("critique", rc.critique_template), ("revision", rc.revision_template)):
         if path:
             templates[kind] = T.kind_template(path, kind, f"revise.{kind}_template")
-    return T.Spec(templates, critic.spec.criteria, critic.spec.explain, critic.spec.verdicts, "")
+    return T.Spec(templates, critic.spec.criteria, critic.spec.explain, critic.spec.verdicts, "",
+                  max_history_tokens=critic.spec.max_history_tokens)
 
 
 def replies(session: JudgeSession, calls: list) -> dict[str, dict]:
