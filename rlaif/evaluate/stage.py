@@ -56,6 +56,11 @@ def heldout_prompts(cfg: RunConfig) -> pl.DataFrame:
     prompts = read_prompts(*prompt_args(cfg, heldout=True))
     if e.n_prompts:
         prompts = prompts.head(e.n_prompts)
+    if "turns" in prompts.columns and (later := int((prompts["turns"].list.len().fill_null(1) > 1).sum())):
+        # generate plays `turns` out (rlaif/generate/turns.py); evaluate does not yet: said, not hidden
+        print(f"evaluate: {later} held-out conversation(s) have later user turns; evaluation judges the answer "
+              "to their first turn only (per-turn evaluation is not built yet)")
+        prompts = prompts.drop("turns")
     trained = {json.dumps(m, sort_keys=True) for m in read_prompts(*prompt_args(cfg))["messages"].to_list()}
     leaked = [pid for pid, m in zip(prompts["prompt_id"], prompts["messages"].to_list())
               if json.dumps(m, sort_keys=True) in trained]

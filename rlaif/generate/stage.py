@@ -24,6 +24,7 @@ from rlaif.generate.manifest import write_manifest
 from rlaif.generate.plan import MANIFEST, done, make_plan, render, reuse_shards, save_or_check
 from rlaif.generate.sample import missing, sample_missing
 from rlaif.generate.spawn import WorkerFailed, parse_worker, run_workers
+from rlaif.generate.turns import play
 from rlaif.prompts import prompt_args, read_prompts_counted
 from rlaif.models import resolve_model
 
@@ -49,6 +50,7 @@ def run(cfg: RunConfig) -> Path:
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     rdir, tag = cfg.round_dir(), f"r{cfg.round}"
+    prompts = play(cfg, prompts, rdir, tag, "generate", sample_prompts)  # `turns` rows: the policy's own turns first
     model, fp = _identity(cfg, prompts, tag)
     if done(rdir, fp):
         print(f"generate: {rdir / MANIFEST} exists; stage already done")
