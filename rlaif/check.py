@@ -53,6 +53,8 @@ def judges_in_use(cfg, stages: list[str]) -> list[tuple[str, object]]:
     out = []
     if set(stages) & {"judge", "evaluate", "calibrate"}:
         out.append(("judge", cfg.judge))
+        if cfg.judge.tiebreak is not None:  # judge.backend=verifier's LLM for candidates the checks score alike
+            out.append(("judge.tiebreak", cfg.judge.tiebreak))
     if "judge" in stages and cfg.pairs.source != "rank" and cfg.revise.critic is not None:
         out.append(("revise.critic", cfg.revise.critic))
     return out
@@ -211,6 +213,8 @@ def check_backends(cfg, stages: list[str], r: Report) -> None:
     if "generate" in stages:
         need.append(("generate.backend", cfg.generate.backend if cfg.generate.backend == "vllm" else "transformers"))
     for prefix, j in judges_in_use(cfg, stages):
+        if j.backend == "verifier":  # no model: its checks run in the sandbox (check_sandbox)
+            continue
         need.append((f"{prefix}.backend", {"openai": "openai", "vllm": "vllm"}.get(j.backend, "transformers")))
         if j.serve:  # rlaif starts the server itself: its command must be there before the stage starts
             import shlex
@@ -350,8 +354,40 @@ def check_gpu_sharing(cfg, stages: list[str], r: Report) -> None:
                   f"card > {SHARE_LIMIT}; give them shares that fit together (e.g. 0.45 each), or one judge for both")
 
 
+def check_sandbox(cfg, stages: list[str], r: Report) -> None:
+    """Code that runs (judge.backend=verifier, evaluate's tests checks): the sandbox can be made here, or the
+    external command exists; and the prompts hold tests to run, or every candidate would score 0 alike."""
+    j = cfg.judge
+    judged = "judge" in stages and j.backend == "verifier"
+    uses = [("judge.checks", judged and any(c.tests for c in j.checks.values()), False),
+            ("evaluate.checks", "evaluate" in stages and any(c.tests for c in cfg.evaluate.checks.values()), True)]
+    if not any(u for _, u, _ in uses):
+        return
+    sb = cfg.sandbox
+    if sb.command:
+        import shutil
+
+        if shutil.which(sb.command[0]) is None:
+            r.problem("sandbox", "sandbox.command", f"sandbox.command: {sb.command[0]!r} is not on PATH here")
+    else:
+        from rlaif.sandbox import isolation
+
+        info = r.guard("sandbox", "sandbox.mode", isolation, sb.mode)
+        if info:
+            r.info["sandbox"] = info
+    from rlaif.prompts import prompt_args, prompt_data
+
+    for key, used, heldout in uses:
+        args = prompt_args(cfg, heldout)
+        if used and args[0]:
+            data = r.guard("files", "evaluate.prompts" if heldout else "prompts", prompt_data, *args[:4])
+            if data is not None and not any(d.get("tests") for d in data.values()):
+                r.problem("sandbox", key, f"{key}: a tests check, but no prompt in {args[0]} has a `tests` column "
+                          "(map it with prompts_columns: {tests: COLUMN}): every answer would score 0")
+
+
 CHECKS = (check_keys_prices, check_files, check_backends, check_models, check_endpoint, check_margins, check_gpus,
-          check_gpu_sharing)
+          check_gpu_sharing, check_sandbox)
 
 
 def collect(cfg, stages: list[str], r: Report | None = None) -> Report:

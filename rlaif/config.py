@@ -86,10 +86,22 @@ class ChecklistItem(Strict):
 
 
 class JudgeConfig(Strict):
-    backend: Literal["openai", "local", "vllm", "reward_model"] = Field(
+    backend: Literal["openai", "local", "vllm", "reward_model", "verifier"] = Field(
         "local", description="openai: any OpenAI-compatible endpoint; local: a causal LM in-process (transformers); "
                              "vllm: the same judge in vLLM's offline engine (one queue per stage, verdicts from its "
-                             "logprobs); reward_model: a sequence-classification reward model in-process")
+                             "logprobs); reward_model: a sequence-classification reward model in-process; verifier: "
+                             "no model, each candidate scored by judge.checks (code tests run in the sandbox, a "
+                             "reference answer, rules), judge.tiebreak deciding among equal scores")
+    checks: dict[str, "CheckConfig"] = Field(
+        default_factory=dict, description="judge.backend=verifier: what scores a candidate, by name, in "
+                                          "evaluate.checks' kinds (tests: true runs the prompt's `tests` column, "
+                                          "reference: exact|normalised|numeric matches its `reference` column); a "
+                                          "candidate's score is the mean over checks (a tests check counts the share "
+                                          "of tests passed, any other 1 or 0)")
+    tiebreak: "JudgeConfig | None" = Field(
+        None, description="judge.backend=verifier: an LLM judge section (backend, model, rubric, ...) that compares "
+                          "candidates the checks score equal (all pass, all fail), both orders as usual; null: "
+                          "equal scores are ties, dropped and counted")
     model: str | None = Field(
         None, description="judge model name (openai) or folder (local, vllm, reward_model; default: the SFT model); "
                           "'policy' (local, vllm): round k's candidates are judged by round k's sampling policy, the "
@@ -256,6 +268,17 @@ class JudgeConfig(Strict):
         if self.engine_args and self.backend != "vllm":
             raise _check_error(f"engine_args.{next(iter(self.engine_args))}: vLLM engine arguments, for "
                                "judge.backend: vllm (judge.serve takes serve_args)")
+        if self.backend == "verifier":
+            if not self.checks:
+                raise _check_error("backend: verifier scores candidates by judge.checks: give at least one, e.g. "
+                                   "checks: {tests: {tests: true}}")
+            if self.mode != "score" and "mode" in self.model_fields_set:
+                raise _check_error(f"backend: verifier scores each candidate alone (mode: score), not mode: {self.mode}")
+            if self.tiebreak is not None and self.tiebreak.backend == "verifier":
+                raise _check_error("tiebreak: an LLM judge section (backend openai, local or vllm), not another verifier")
+        elif self.checks or self.tiebreak is not None:
+            raise _check_error(f"{'checks' if self.checks else 'tiebreak'}: for judge.backend: verifier "
+                               f"(backend is {self.backend})")
         return self
 
     @model_validator(mode="after")
@@ -411,6 +434,14 @@ class CheckConfig(Strict):
     is_json: bool = Field(False, alias="json", description="the whole response (stripped) parses as JSON")
     function: str | None = Field(
         None, description="module:function(prompt, response) -> bool; prompt is the chat messages list")
+    tests: bool = Field(
+        False, description="run the prompt's `tests` column (Python asserts, or {stdin, stdout} cases) against the "
+                           "code in the response (its first ```python block, else the whole reply) in the sandbox "
+                           "(top-level `sandbox:`); passes when every test passes")
+    reference: Literal["exact", "normalised", "numeric"] | None = Field(
+        None, description="compare the response with the prompt's `reference` column: exact (stripped), normalised "
+                          "(case, whitespace, punctuation ignored) or numeric (the last number in the response equals "
+                          "the reference's, to 1e-6 relative)")
 
     @field_validator("regex")
     @classmethod
@@ -445,14 +476,14 @@ class CheckConfig(Strict):
         found = kinds(self)
         if len(found) != 1:
             raise _check_error(f"give exactly one kind of check (regex, max/min_words and max/min_sentences, "
-                               f"json: true, or function), got {', '.join(found) or 'none'}")
+                               f"json: true, function, tests: true or reference), got {', '.join(found) or 'none'}")
         if not self.must_match and found != ["regex"]:
             raise _check_error("must_match applies to regex checks only")
         return self
 
 
 # A prompt set's fields (rlaif/prompts.py); `turns` holds the user turns of a conversation to play out.
-PROMPT_FIELDS = ("prompt_id", "prompt", "messages", "system", "turns")
+PROMPT_FIELDS = ("prompt_id", "prompt", "messages", "system", "turns", "tests", "reference")
 COLUMNS_HELP = ("rlaif field -> the file's column (null: ignore it), e.g. {prompt_id: id, prompt: instruction, "
                 "system: sys}; fields: " + ", ".join(PROMPT_FIELDS))
 DEDUP_HELP = ("a repeated prompt_id (given, or derived from the same conversation): error refuses the file, "
@@ -562,6 +593,34 @@ class RunSection(Strict):
     max_length_growth: float = Field(0.2, gt=0, description="share of growth in mean tokens per round (0.2 = 20%)")
 
 
+JudgeConfig.model_rebuild()  # judge.checks names CheckConfig, defined after it
+
+
+class SandboxConfig(Strict):
+    """Where candidate code runs (rlaif/sandbox.py, docs/sandbox.md): a process of its own per test, with limits,
+    no network and a scrubbed environment; never inside an rlaif process."""
+    mode: Literal["strict", "best_effort"] = Field(
+        "strict", description="strict: refuse to run where no new network namespace can be made; best_effort: run "
+                              "with what the kernel allows and say so in the reports")
+    command: list[str] | None = Field(
+        None, description="an external sandbox's argv with {dir} (the folder holding the program) and {file} (its "
+                          "name), e.g. [docker, run, --rm, -i, --network=none, -v, '{dir}:/work', python:3.12, "
+                          "python, '/work/{file}']; null: rlaif's own")
+    cpu_s: float = Field(5.0, gt=0, description="CPU seconds per execution (RLIMIT_CPU)")
+    wall_s: float = Field(10.0, gt=0, description="wall seconds per execution; then its processes are killed")
+    memory_mb: int = Field(256, ge=16, description="address space per process of an execution (RLIMIT_AS), MiB; no cgroup: the worst case is procs x memory_mb per execution")
+    file_mb: int = Field(16, ge=0, description="largest file an execution may write (RLIMIT_FSIZE), MiB")
+    procs: int = Field(16, ge=1, description="processes and threads an execution may have")
+    output_kb: int = Field(64, ge=1, description="stdout + stderr kept per execution; more fails the test")
+    concurrency: int = Field(2, ge=1, description="executions at once")
+
+    def limits(self):
+        from rlaif.sandbox import Limits
+
+        return Limits(cpu_s=self.cpu_s, wall_s=self.wall_s, memory_mb=self.memory_mb, file_mb=self.file_mb,
+                      procs=self.procs, output_kb=self.output_kb)
+
+
 class RunConfig(Strict):
     run_dir: str = Field("runs/default", description="where every stage reads and writes")
     round: int = Field(0, ge=0, description="round this stage works on")
@@ -584,11 +643,23 @@ class RunConfig(Strict):
     run: RunSection = Field(default_factory=RunSection)
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @field_validator("prompts_columns")
     @classmethod
     def _columns(cls, v):
         return _prompt_columns(v)
+
+    @model_validator(mode="after")
+    def _verifier_evaluates_by_score(self):
+        if self.judge.backend != "verifier":
+            return self
+        if "mode" not in self.evaluate.model_fields_set:  # the verifier scores answers alone: score is the default
+            self.evaluate.mode = "score"
+        if self.evaluate.mode != "score":
+            raise _check_error("evaluate.mode: with judge.backend=verifier each held-out answer is scored by the "
+                               "checks (mode: score); pairwise needs a model judge")
+        return self
 
     def round_dir(self, k: int | None = None) -> Path:
         return Path(self.run_dir) / f"round-{self.round if k is None else k}"
@@ -638,4 +709,6 @@ def dump_config(cfg: RunConfig) -> str:
     data["judge"]["base_url"] = redact_url(data["judge"]["base_url"])
     if data["revise"]["critic"]:
         data["revise"]["critic"]["base_url"] = redact_url(data["revise"]["critic"]["base_url"])
+    if data["judge"]["tiebreak"]:
+        data["judge"]["tiebreak"]["base_url"] = redact_url(data["judge"]["tiebreak"]["base_url"])
     return yaml.safe_dump(data, sort_keys=False)

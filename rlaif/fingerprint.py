@@ -89,17 +89,32 @@ def _value(key: str, value) -> str:
 # upgrading rlaif does not redo a finished stage that the new key would not have changed.
 QUIET_DEFAULTS = {"prompts_columns": {}, "prompts_dedup": "error",
                   "evaluate.prompts_columns": {}, "evaluate.prompts_dedup": "error",
-                  "judge.max_history_tokens": 2048}
+                  "judge.max_history_tokens": 2048,
+                  # issue 24: the verifier's keys, and a check's new kinds left unset
+                  "judge.checks": {}, "judge.tiebreak": None}
+CHECK_QUIET = {"tests": False, "reference": None}  # inside each check of evaluate.checks / judge.checks
 
 
 def _quiet(key: str, value) -> bool:
     return key in QUIET_DEFAULTS and value == QUIET_DEFAULTS[key]
 
 
+def _checks(value: dict) -> dict:
+    """A checks mapping with each check's new kinds dropped where unset: older checks keep their hash."""
+    return {name: {k: v for k, v in spec.items() if not (k in CHECK_QUIET and v == CHECK_QUIET[k])}
+            for name, spec in value.items()}
+
+
 def _keys(section, prefix: str, skip: set[str] = frozenset()) -> dict[str, str]:
     data = section.model_dump(mode="json", by_alias=True)
-    return {f"{prefix}.{k}": _value(f"{prefix}.{k}", v) for k, v in data.items()
-            if k not in skip and not _quiet(f"{prefix}.{k}", v)}
+    return {f"{prefix}.{k}": _value(f"{prefix}.{k}", _checks(v) if k == "checks" else v) for k, v in data.items()
+            if k not in skip | {"tiebreak"} and not _quiet(f"{prefix}.{k}", v)}
+
+
+def _sandbox(cfg) -> str:
+    from rlaif.judge.identity import sandbox_identity
+
+    return _h(sandbox_identity(cfg.sandbox))
 
 
 def _model(name: str) -> str:
@@ -150,6 +165,10 @@ def _judge_parts(cfg) -> dict[str, str]:
     else:  # judge.model=policy: the SFT model here; the round's adapter enters in _made_from (policy_after)
         parts["judge.model"] = _model(cfg.model if j.model in (None, "policy") else j.model)
     parts["judge.templates"] = _templates()
+    if j.backend == "verifier":  # where and under which limits candidate code runs; the LLM that breaks ties
+        parts["sandbox"] = _sandbox(cfg)
+        if j.tiebreak is not None:
+            parts["judge.tiebreak"] = _h(_judge_parts(cfg.model_copy(update={"judge": j.tiebreak})))
     return parts
 
 
@@ -211,6 +230,8 @@ def _made_from(cfg, k: int, stage: str, memo: dict) -> dict:
             _upstream(parts, cfg, k - 1, "train", memo)
     elif stage == "evaluate":
         parts.update(_keys(cfg.evaluate, "evaluate"))
+        if any(c.tests for c in cfg.evaluate.checks.values()):
+            parts["sandbox"] = _sandbox(cfg)
         parts.update(_keys(g, "generate", NOT_OUTPUT["generate"] | {"n", "shard_size", "max_prompts"}))
         parts.update(_judge_parts(cfg))
         parts.update(seed=_h(cfg.seed), model=_model(cfg.model))

@@ -233,14 +233,10 @@ def _chat(row: dict, where: str, columns: dict) -> tuple[list[dict], list[str] |
 
 # ---------------------------------------------------------------- rows -> prompts
 
-def read_prompts_counted(path: str | Path, split: str = "train", columns: dict | None = None,
-                         dedup: str = "error", system_prompt: str | None = None) -> tuple[pl.DataFrame, dict]:
-    """(prompts, {"rows", "duplicates_dropped", "ids_derived"}). Prompts: prompt_id, messages and,
-    when a row has one, turns (null elsewhere). dedup "first" keeps the first row of a repeated
-    prompt_id (given or derived); "error" refuses it. system_prompt goes first in every conversation
-    without a system turn, after the id is derived (the id names the prompt, whatever the run's
-    system prompt)."""
-    columns = columns or {}  # its field names are checked where the config loads (rlaif.config.PROMPT_FIELDS)
+def _walk(path: str | Path, split: str, columns: dict, dedup: str) -> tuple[list[tuple], int, int]:
+    """The row walk read_prompts and prompt_data share: ([(where, row, prompt_id, chat, turns)] of the
+    rows kept, rows read, ids derived). dedup "first" keeps the first row of a repeated prompt_id
+    (given or derived); "error" refuses it."""
     path = Path(path)
     rows = read_rows(path, split)
     if not rows:
@@ -265,13 +261,25 @@ def read_prompts_counted(path: str | Path, split: str = "train", columns: dict |
                             + "; prompts_dedup=first keeps the first")
         seen[pid] = where.split(": ", 1)[1]
         derived += id_col is None or id_col not in row
-        out.append((pid, chat, turns))
-    chats = with_system([c for _, c, _ in out], system_prompt)
-    data = {"prompt_id": [p for p, _, _ in out], "messages": chats}
+        out.append((where, row, pid, chat, turns))
+    return out, len(rows), derived
+
+
+def read_prompts_counted(path: str | Path, split: str = "train", columns: dict | None = None,
+                         dedup: str = "error", system_prompt: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """(prompts, {"rows", "duplicates_dropped", "ids_derived"}). Prompts: prompt_id, messages and,
+    when a row has one, turns (null elsewhere). dedup "first" keeps the first row of a repeated
+    prompt_id (given or derived); "error" refuses it. system_prompt goes first in every conversation
+    without a system turn, after the id is derived (the id names the prompt, whatever the run's
+    system prompt)."""
+    # columns' field names are checked where the config loads (rlaif.config.PROMPT_FIELDS)
+    out, n_rows, derived = _walk(path, split, columns or {}, dedup)
+    chats = with_system([c for *_, c, _ in out], system_prompt)
+    data = {"prompt_id": [p for _, _, p, _, _ in out], "messages": chats}
     schema = {"prompt_id": pl.String, "messages": MESSAGES}
-    if any(t is not None for _, _, t in out):  # only then: other prompt sets keep today's two columns
-        data["turns"], schema["turns"] = [t for _, _, t in out], pl.List(pl.String)
-    counts = {"rows": len(rows), "duplicates_dropped": len(rows) - len(out), "ids_derived": derived}
+    if any(t is not None for *_, t in out):  # only then: other prompt sets keep today's two columns
+        data["turns"], schema["turns"] = [t for *_, t in out], pl.List(pl.String)
+    counts = {"rows": n_rows, "duplicates_dropped": n_rows - len(out), "ids_derived": derived}
     return pl.DataFrame(data, schema=schema), counts
 
 
@@ -279,6 +287,57 @@ def read_prompts(path: str | Path, split: str = "train", columns: dict | None = 
                  system_prompt: str | None = None) -> pl.DataFrame:
     """Load prompts into (prompt_id, messages[, turns]); every error names the file, row and field."""
     return read_prompts_counted(path, split, columns, dedup, system_prompt)[0]
+
+
+# ---------------------------------------------------------------- check data (issue 24)
+
+def _tests(raw: Any, where: str, name: str) -> list | None:
+    """A `tests` value: a list of Python snippets (asserts run after the program) and/or {stdin, stdout}
+    cases; a JSON string holding such a list (CSV, or a parquet column that mixes the two) is read.
+    Null, "" and [] mean no tests."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: field {name}: not a JSON list of tests") from None
+    if raw is None or (isinstance(raw, list) and not raw):
+        return None
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: field {name}: expected a list of tests, got {type(raw).__name__}")
+    for j, t in enumerate(raw):
+        if isinstance(t, str) and t.strip():
+            continue
+        if not (isinstance(t, dict) and set(t) == {"stdin", "stdout"}
+                and all(isinstance(v, str) for v in t.values())):
+            raise UserError(f"{where}: field {name}[{j}]: expected Python source (a non-empty string) or "
+                            "{\"stdin\": str, \"stdout\": str}")
+    return [t if isinstance(t, str) else {"stdin": t["stdin"], "stdout": t["stdout"]} for t in raw]
+
+
+def _reference(raw: Any, where: str, name: str) -> str | None:
+    """A `reference` value: a string, or a number kept as its string (42 -> "42")."""
+    if isinstance(raw, bool) or not (raw is None or isinstance(raw, (str, int, float))):
+        raise UserError(f"{where}: field {name}: expected a string or a number, got {type(raw).__name__}")
+    return None if raw is None or not str(raw).strip() else str(raw)
+
+
+def prompt_data(path: str | Path, split: str = "train", columns: dict | None = None,
+                dedup: str = "error") -> dict[str, dict]:
+    """prompt_id -> {"tests": list | None, "reference": str | None}: what the checks that can be run
+    (judge.backend=verifier, evaluate.checks' tests and reference kinds) compare a reply with, for the
+    same ids read_prompts gives (derived ids included). A row without the fields gets None."""
+    columns = columns or {}
+    out, _, _ = _walk(path, split, columns, dedup)
+    data = {}
+    for where, row, pid, _, _ in out:
+        got = {}
+        for field, parse in (("tests", _tests), ("reference", _reference)):
+            col = columns.get(field, field)
+            got[field] = parse(row.get(col), where, _field(columns, field)) if col is not None else None
+        data[pid] = got
+    return data
 
 
 def prompt_args(cfg, heldout: bool = False) -> tuple:

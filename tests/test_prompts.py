@@ -7,7 +7,7 @@ import pytest
 from conftest import ASSETS, ROOT, rlaif_cli
 from rlaif.config import load_config
 from rlaif.errors import UserError
-from rlaif.prompts import read_prompts, read_prompts_counted, stable_id
+from rlaif.prompts import prompt_data, read_prompts, read_prompts_counted, stable_id
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
 
@@ -321,3 +321,54 @@ def test_new_prompt_keys_at_their_defaults_leave_a_finished_stage_s_fingerprint_
     parts = made_from(load_config(ROOT / "configs/quickstart.yaml", base + ["evaluate.prompts_dedup=first"]), 0,
                       "evaluate")["parts"]
     assert "evaluate.prompts_dedup" in parts
+
+
+# ----------------------------------------------------------------------------- check data (issue 24)
+
+IO_CASE = {"stdin": "2 3\n", "stdout": "5\n"}
+
+
+def test_prompt_data_gives_tests_and_reference_for_read_prompts_ids(tmp_path):
+    rows = [{"prompt_id": "add", "prompt": "Write add.", "tests": ["assert add(1, 2) == 3", IO_CASE]},
+            {"prompt": "What is 6*7?", "reference": 42},  # id derived from the conversation; a number kept as text
+            {"prompt": "What is 6*7?", "reference": "forty-two"},  # the same prompt again: dedup first drops it
+            {"prompt": "Name a colour.", "reference": " ", "tests": []}]  # blank and empty: no data
+    p = _write_jsonl(tmp_path / "p.jsonl", rows)
+    data = prompt_data(p, dedup="first")
+    assert list(data) == read_prompts(p, dedup="first")["prompt_id"].to_list()
+    derived = stable_id([{"role": "user", "content": "What is 6*7?"}])
+    assert data == {"add": {"tests": ["assert add(1, 2) == 3", IO_CASE], "reference": None},
+                    derived: {"tests": None, "reference": "42"},
+                    stable_id([{"role": "user", "content": "Name a colour."}]): {"tests": None, "reference": None}}
+    with pytest.raises(UserError, match="line 3: field prompt_id: duplicate"):
+        prompt_data(p)  # the same dedup rule as read_prompts
+
+
+def test_prompt_data_reads_tests_from_csv_json_text_parquet_lists_and_mapped_columns(tmp_path):
+    tests = ["assert f() == 1", IO_CASE]
+    pl.DataFrame({"id": ["a"], "q": ["Write f."], "checks": [json.dumps(tests)], "answer": ["1.5"]}) \
+        .write_csv(tmp_path / "p.csv")
+    cols = {"prompt_id": "id", "prompt": "q", "tests": "checks", "reference": "answer"}
+    assert prompt_data(tmp_path / "p.csv", columns=cols) == {"a": {"tests": tests, "reference": "1.5"}}
+    pl.DataFrame({"prompt_id": ["a", "b"], "prompt": ["x", "y"], "tests": [["assert 1"], None]}) \
+        .write_parquet(tmp_path / "p.parquet")
+    assert prompt_data(tmp_path / "p.parquet") == {"a": {"tests": ["assert 1"], "reference": None},
+                                                   "b": {"tests": None, "reference": None}}
+    assert prompt_data(tmp_path / "p.csv", columns={**cols, "tests": None})["a"]["tests"] is None  # null: ignored
+
+
+@pytest.mark.parametrize("row, columns, needle", [
+    ({"tests": 5}, {}, "line 1: field tests: expected a list of tests, got int"),
+    ({"tests": ["assert 1", 3]}, {}, r"line 1: field tests\[1\]: expected Python source"),
+    ({"tests": [{"stdin": "1"}]}, {}, r"line 1: field tests\[0\]: expected Python source .* \{\"stdin\": str"),
+    ({"tests": [{"stdin": "1", "stdout": 2}]}, {}, r"field tests\[0\]"),
+    ({"tests": "assert f()"}, {}, "line 1: field tests: not a JSON list of tests"),
+    ({"checks": {"a": 1}}, {"tests": "checks"}, r"line 1: field checks \(tests\): expected a list of tests, got dict"),
+    ({"reference": [1]}, {}, "line 1: field reference: expected a string or a number, got list"),
+    ({"reference": True}, {}, "field reference: expected a string or a number, got bool"),
+])
+def test_bad_check_data_names_file_row_and_field(tmp_path, row, columns, needle):
+    p = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", **row}])
+    with pytest.raises(UserError, match=needle) as e:
+        prompt_data(p, columns=columns)
+    assert str(e.value).startswith(str(p)) and "\n" not in str(e.value)

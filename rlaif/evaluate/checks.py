@@ -7,12 +7,19 @@
         short: {max_words: 120}
         is_json: {json: true}
         polite: {function: mypkg.checks:polite}
+        solves: {tests: true}          # the prompt's `tests` run against the answer's code (sandbox)
+        answer: {reference: numeric}   # the answer's last number equals the prompt's `reference`
 
 Each check is applied to the policy's and the SFT model's held-out answer to every prompt; the
 evaluate stage writes the share that passes on each side, their difference and a paired bootstrap
 interval of it to eval.json (`checks`), and one row per prompt to eval/checks.parquet. A check
 that rises while the judge's win rate rises says the policy moved toward the rubric itself, not
 only toward what this judge happens to like (length, style, its own phrasing).
+
+A tests check passes when every test of the prompt passes, so with one answer per prompt per side
+its shares are pass@1 of the policy and of SFT, and the report's first line leads with them. The
+same kinds score candidates for judge.backend=verifier (score_one: a tests check scores the share
+of tests passed there). How code is found, run and matched: runnable.py and docs/sandbox.md.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ import numpy as np
 import polars as pl
 
 from rlaif.errors import UserError
+from rlaif.evaluate import runnable as R
 
+RUNNABLE = {"tests", "reference"}  # kinds decided by the prompt's own data (its tests, its reference answer)
 LIMITS = ("max_words", "min_words", "max_sentences", "min_sentences")
 # A sentence ends at . ! ? or … followed by whitespace or the end, or at a line break (a list item or
 # heading is its own unit); a piece with no letter ("1." of a numbered list) is not a sentence.
@@ -42,7 +51,9 @@ def kinds(spec) -> list[str]:
     found = [k for k in ("regex", "function") if getattr(spec, k) is not None]
     if any(getattr(spec, k) is not None for k in LIMITS):
         found.append("limits")
-    return found + (["json"] if spec.is_json else [])
+    found += ["json"] if spec.is_json else []
+    found += ["tests"] if getattr(spec, "tests", False) else []
+    return found + (["reference"] if getattr(spec, "reference", None) else [])
 
 
 def load_function(ref: str) -> Callable:
@@ -87,7 +98,10 @@ def _is_json(text: str) -> bool:
 
 
 def predicate(spec) -> Callable[[list[dict], str], bool]:
-    """The check as a function of (prompt messages, response)."""
+    """The check as a function of (prompt messages, response); not for the kinds that need the
+    prompt's data (tests, reference: score_one and measure run those)."""
+    if set(kinds(spec)) & RUNNABLE:
+        raise ValueError(f"{kinds(spec)[0]} checks need the prompt's data: use score_one")
     if spec.regex is not None:
         pat = re.compile(spec.regex)
         return lambda _, r: (pat.search(r) is not None) == spec.must_match
@@ -108,24 +122,60 @@ def describe(spec) -> str:
         return "valid JSON"
     if spec.function is not None:
         return f"{spec.function}(prompt, response)"
+    if getattr(spec, "tests", False):
+        return "the prompt's tests pass (pass@1)"
+    if getattr(spec, "reference", None):
+        return f"matches the prompt's reference ({spec.reference})"
     return ", ".join(f"{k.replace('_', ' ')} {getattr(spec, k)}" for k in LIMITS if getattr(spec, k) is not None)
 
 
 def apply(name: str, spec, rows: list[tuple[str, list[dict], str]]) -> np.ndarray:
     """Pass (True) / fail per (prompt_id, messages, response); a user function that raises or
     does not return a bool is one line naming the check and the prompt."""
-    test, out = predicate(spec), []
-    for pid, messages, response in rows:
-        try:
-            ok = test(messages, response)
-        except Exception as e:  # the user's code: report where, not a traceback
-            raise UserError(f"evaluate.checks.{name}: {spec.function} raised {type(e).__name__}: {e} "
-                            f"(prompt_id {pid!r})") from None
-        if not isinstance(ok, (bool, np.bool_)):
-            raise UserError(f"evaluate.checks.{name}: {spec.function} returned {type(ok).__name__}, "
-                            f"not a bool (prompt_id {pid!r})")
-        out.append(bool(ok))
-    return np.array(out, dtype=bool)
+    test = predicate(spec)
+    where = f"evaluate.checks.{name}"
+    return np.array([_decide(where, spec, test, pid, messages, response) for pid, messages, response in rows],
+                    dtype=bool)
+
+
+def _decide(name: str, spec, test, pid, messages, response) -> bool:
+    try:
+        ok = test(messages, response)
+    except Exception as e:  # the user's code: report where, not a traceback
+        raise UserError(f"{name}: {spec.function} raised {type(e).__name__}: {e} (prompt_id {pid!r})") from None
+    if not isinstance(ok, (bool, np.bool_)):
+        raise UserError(f"{name}: {spec.function} returned {type(ok).__name__}, not a bool (prompt_id {pid!r})")
+    return bool(ok)
+
+
+_PREDICATES: dict[int, tuple] = {}  # id(spec) -> (spec, its predicate): score_one imports a function once
+
+
+def score_one(spec, chat: list[dict], response: str, data: dict | None, sandbox, *, name: str = "check",
+              pid: str | None = None, concurrency: int | None = None, cache=None) -> tuple[float, dict]:
+    """(score in [0, 1], detail) of one reply. tests: the share of the prompt's tests passed by the
+    reply's code (rlaif.sandbox.extract_code), detail {passed, total, tests: [{status, wall_s, stderr}]},
+    0 with a note when the prompt has none; reference: 1 or 0 (runnable.match_reference); any other
+    kind: 1 or 0 by its predicate. data: prompt_data's {tests, reference}; sandbox: a SandboxConfig;
+    name: how an error names the check (e.g. judge.checks.solves)."""
+    kind, data = kinds(spec)[0], data or {}
+    if kind == "tests":
+        if not data.get("tests"):
+            return 0.0, {"note": "the prompt has no tests: scored 0"}
+        from rlaif.sandbox import extract_code
+
+        (outs,), _ = R.run_jobs([(extract_code(response), data["tests"])], sandbox, cache, concurrency)
+        k = sum(o["status"] == "pass" for o in outs)
+        return k / len(outs), {"passed": k, "total": len(outs), "tests": outs}
+    if kind == "reference":
+        if data.get("reference") is None:
+            return 0.0, {"note": "the prompt has no reference: scored 0"}
+        ok, why = R.match_reference(spec.reference, response, data["reference"])
+        return float(ok), {"reason": why}
+    if id(spec) not in _PREDICATES:
+        _PREDICATES[id(spec)] = (spec, predicate(spec))
+    ok = _decide(name, spec, _PREDICATES[id(spec)][1], pid, chat, response)
+    return float(ok), {"reason": f"{describe(spec)}: {'passes' if ok else 'fails'}"}
 
 
 def compare_shares(policy, sft, n_boot: int, seed: int) -> dict:
@@ -145,26 +195,55 @@ def compare_shares(policy, sft, n_boot: int, seed: int) -> dict:
             "diff_ci": [lo, hi], "n": int(p.size)}
 
 
+EXEC_CACHE = "executions.sqlite"  # beside eval/checks.parquet: test outcomes keyed on sha256(code, test, limits)
+
+
 def measure(cfg, matchups: pl.DataFrame, out: Path | None = None) -> dict:
-    """eval.json's `checks` for one round: {NAME: {check, policy, sft, diff, diff_ci, n}}; with
-    `out`, also one row per prompt (prompt_id, NAME_policy, NAME_sft) written there."""
+    """eval.json's `checks` for one round: {NAME: {check, kind, policy, sft, diff, diff_ci, n, ...}};
+    with `out`, also one row per prompt (prompt_id, NAME_policy, NAME_sft; a tests check adds
+    NAME_policy_share, NAME_sft_share: the share of its tests passed) written there. Tests and
+    reference checks read the held-out prompts' columns (prompts.prompt_data); code runs in
+    cfg.sandbox, and with `out` its outcomes are kept in executions.sqlite beside it, so a rerun
+    whose answers did not change executes nothing."""
     specs = cfg.evaluate.checks
     if not specs:
         return {}
     m = matchups.sort("prompt_id")
     chats = [[{"role": x["role"], "content": x["content"]} for x in msgs] for msgs in m["messages"].to_list()]
     ids = m["prompt_id"].to_list()
-    res, cols = {}, {"prompt_id": ids}
-    for name, spec in specs.items():
-        pol = apply(name, spec, list(zip(ids, chats, m["policy_text"].to_list())))
-        sft = apply(name, spec, list(zip(ids, chats, m["sft_text"].to_list())))
-        res[name] = {"check": describe(spec), **compare_shares(pol, sft, cfg.evaluate.n_boot, cfg.seed)}
-        cols[f"{name}_policy"], cols[f"{name}_sft"] = pol.tolist(), sft.tolist()
+    texts = {"policy": m["policy_text"].to_list(), "sft": m["sft_text"].to_list()}
+    data = _heldout_data(cfg) if any(set(kinds(s)) & RUNNABLE for s in specs.values()) else {}
+    res, cols, cache = {}, {"prompt_id": ids}, None
+    try:
+        for name, spec in specs.items():
+            kind, extra = kinds(spec)[0], {}
+            if kind == "tests":
+                if cache is None and out is not None:
+                    cache = R.ExecCache(Path(out).with_name(EXEC_CACHE))
+                (pol, sft), shares, extra = R.pass_tests(cfg.sandbox, ids, data, texts, cache)
+                cols[f"{name}_policy_share"], cols[f"{name}_sft_share"] = shares
+            elif kind == "reference":
+                pol, sft, extra = R.match_all(spec.reference, ids, data, texts)
+            else:
+                pol, sft = (apply(name, spec, list(zip(ids, chats, texts[side]))) for side in ("policy", "sft"))
+            res[name] = {"check": describe(spec), "kind": kind,
+                         **compare_shares(pol, sft, cfg.evaluate.n_boot, cfg.seed), **extra}
+            cols[f"{name}_policy"], cols[f"{name}_sft"] = pol.tolist(), sft.tolist()
+    finally:
+        if cache is not None:
+            cache.close()
     if out is not None:
         from rlaif.io import write_parquet
 
         write_parquet(out, pl.DataFrame(cols))
     return res
+
+
+def _heldout_data(cfg) -> dict[str, dict]:
+    from rlaif.prompts import prompt_args, prompt_data
+
+    path, split, columns, dedup, _ = prompt_args(cfg, heldout=True)
+    return prompt_data(path, split, columns, dedup)
 
 
 # ----------------------------------------------------------------------------- in the run report
@@ -179,13 +258,34 @@ def _ok(c) -> bool:
             and isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci))
 
 
-def headline(checks) -> str | None:
+def pass_at_1(checks) -> str | None:
+    """'pass@1 SFT → policy: 12.5% → 20.0% (diff +7.5 pts, 95% CI [-2.5, +17.5])' from eval.json's
+    tests checks (their shares are pass@1: one answer per prompt per side); None without one."""
+    found = [(n, c) for n, c in (checks or {}).items() if isinstance(c, dict) and c.get("kind") == "tests"] \
+        if isinstance(checks, dict) else []
+    parts = []
+    for name, c in found:
+        label = f"pass@1 ({name})" if len(found) > 1 else "pass@1"
+        if not _ok(c):
+            parts.append(f"{label} SFT → policy: -")
+            continue
+        lo, hi = c["diff_ci"]
+        parts.append(f"{label} SFT → policy: {100 * c['sft']:.1f}% → {100 * c['policy']:.1f}% "
+                     f"(diff {100 * c['diff']:+.1f} pts, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+                     f"{c['n']} problems)")
+    return "; ".join(parts) or None
+
+
+def headline(checks, lead: bool = True) -> str | None:
     """'numbered_list 12% → 56% (rose +44 pts, 95% CI +25 to +62), …' for the report's first line:
-    SFT's share, then the policy's, and whether the paired interval says it moved."""
+    SFT's share, then the policy's, and whether the paired interval says it moved; pass@1 first
+    when there is a tests check (pass_at_1), unless lead=False (a caller that puts it first itself)."""
     if not isinstance(checks, dict) or not checks:
         return None
-    parts = []
+    first, parts = pass_at_1(checks) if lead else None, []
     for name, c in checks.items():
+        if isinstance(c, dict) and c.get("kind") == "tests":
+            continue  # led by pass@1 above
         if not _ok(c):
             parts.append(f"{name} -")
             continue
@@ -193,7 +293,8 @@ def headline(checks) -> str | None:
         verb = "rose " if lo > 0 else "fell " if hi < 0 else "no clear change, "  # the interval decides
         parts.append(f"{name} {100 * c['sft']:.0f}% → {100 * c['policy']:.0f}% ({verb}{100 * c['diff']:+.0f} pts, "
                      f"95% CI {100 * lo:+.0f} to {100 * hi:+.0f})")
-    return "checks SFT → policy: " + ", ".join(parts)
+    rest = "checks SFT → policy: " + ", ".join(parts) if parts else None
+    return "; ".join(x for x in (first, rest) if x) or None
 
 
 def plot(rounds: list[dict], path: Path) -> bool:

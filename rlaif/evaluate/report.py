@@ -87,7 +87,14 @@ def _row(r: dict) -> list[str]:
 
 
 def headline(rounds: list[dict]) -> str:
-    """One sentence: did the last evaluated round's policy beat SFT, net of length?"""
+    """One sentence: did the last evaluated round's policy beat SFT, net of length? A run with a
+    tests check leads with pass@1 SFT → policy (issue 24): executed, so no judge decides it."""
+    lead = next((f"{p} in round {r['round']}. " for r in reversed(rounds)
+                 if (p := checks.pass_at_1(r["eval"].get("checks")))), "")
+    return lead + _judged(rounds)
+
+
+def _judged(rounds: list[dict]) -> str:
     done = [r for r in rounds if _isnum(r["eval"].get("win_rate"))]
     if not done:
         return (f"No round evaluated yet ({len(rounds)} round folder(s)); "
@@ -105,7 +112,7 @@ def headline(rounds: list[dict]) -> str:
     if e.get("judged_by_policy"):  # the first thing read: this figure is the policy's opinion of itself
         text = f"Judged by the policy itself (biased toward it): {text[0].lower()}{text[1:]}"
     text += f" ({', '.join(notes)})" if notes else ""
-    if moved := checks.headline(e.get("checks")):  # what the judge does not decide: the user's own checks
+    if moved := checks.headline(e.get("checks"), lead=False):  # what the judge does not decide: the user's own checks
         text += f"; {moved}"
     mp, ms = e.get("policy_mean_tokens"), e.get("sft_mean_tokens")
     if _isnum(mp) and _isnum(ms) and ms > 0:
@@ -242,6 +249,23 @@ def length_control_lines(rounds: list[dict]) -> list[str]:
     return ["", "## Length control", "", *out] if out else []
 
 
+def per_turn_lines(rounds: list[dict]) -> list[str]:
+    """Played conversations (eval.json per_turn): the win rate at each user turn, each answer judged in its
+    own conversation; the table's win rate is each conversation's last turn."""
+    out = []
+    for r in rounds:
+        turns = r["eval"].get("per_turn")
+        if not isinstance(turns, list) or not turns:
+            continue
+        cells = []
+        for t in turns:
+            lo, hi = _ci(t)
+            cells.append(f"turn {t.get('turn')} {_pct(t.get('win_rate'))}"
+                         + (f" ({100 * lo:.0f}–{100 * hi:.0f})" if lo is not None else "") + f", n {_num(t.get('n'))}")
+        out.append(f"- round {r['round']}: " + "; ".join(cells))
+    return ["", "## Win rate per turn", "", *out] if out else []
+
+
 def judge_lines(rounds: list[dict]) -> list[str]:
     """Which judge and which criteria decided each round (judge-report.json), and a few of its
     explained verdicts when judge.explain was on."""
@@ -285,6 +309,7 @@ def write_report(run_dir: Path, max_growth: float = 0.2) -> Path:
     if trained:
         lines += ["", "## Training per round", "", *curves.table(trained)]
     lines += length_control_lines(rounds)
+    lines += per_turn_lines(rounds)  # only when a round evaluated played conversations
     lines += judge_lines(rounds)
     lines += human_label_lines(run_dir)  # only when RUN_DIR/human-labels.sqlite exists (rlaif review)
     lines += pair_source_lines(rounds)  # only when a round's pairs came from revise (pairs.source)

@@ -8,6 +8,7 @@ everything that can change a verdict is the same. That is the identity, part of 
   several endpoints are one judge (replicas behind a balancer share verdicts);
 - the request style (`judge.api_style` as configured: under `auto` one endpoint and model always
   resolve to the same style), reasoning effort and the reply caps;
+- for the verifier (judge.backend=verifier): its checks and the sandbox's limits, mode and command;
 - the verdict constraint as resolved (rlaif.judge.constrain: "json_schema" or "choice"), so constrained
   and free verdicts never share a key; absent when it resolves to "off", so older ledgers stay valid.
 
@@ -27,7 +28,13 @@ def endpoint(base_url: str | None) -> str:
            f"{parts.path.rstrip('/')}"
 
 
-def judge_identity(cfg, model: str, adapter: str | None = None) -> dict:
+def sandbox_identity(sandbox) -> dict:
+    """What of the sandbox section can change a test's outcome: its limits, mode and external command
+    (never concurrency: how many run at once)."""
+    return sandbox.model_dump(mode="json", exclude={"concurrency"})
+
+
+def judge_identity(cfg, model: str, adapter: str | None = None, sandbox=None) -> dict:
     """The judge identity dict of a JudgeConfig whose model resolved to `model` (plus a LoRA adapter
     folder under judge.model=policy: by content, so round k's verdicts are never reused for round k+1)."""
     j = cfg
@@ -42,6 +49,10 @@ def judge_identity(cfg, model: str, adapter: str | None = None) -> dict:
         if constraint != "off":
             ident["constrain"] = constraint
         return ident
+    if j.backend == "verifier":  # no model: the checks and where and how code runs decide a score
+        return {"backend": "verifier", "checks": {k: v.model_dump(mode="json", by_alias=True)
+                                                  for k, v in sorted(j.checks.items())},
+                **({"sandbox": sandbox_identity(sandbox)} if sandbox is not None else {})}
     from rlaif.models import folder_id
 
     ident = {"backend": j.backend, "model": j.identity or folder_id(model)}

@@ -185,6 +185,8 @@ class Runner:
                      if self.batch else {})  # the batch backend holds a submitted batch's budget past this process
             if self.adapter:  # judge.model=policy: the round's LoRA adapter on the model
                 extra["adapter"] = self.adapter
+            if self.j.backend == "verifier":  # where candidate code runs (the run's top-level sandbox section)
+                extra["sandbox"] = self.cfg.sandbox
             self.backend = load_judge(self.j, self.model, ledger=self.ledger, on_retry=self._retry, **extra)
         self.bar = tqdm(total=total, initial=self._skipped, desc=desc, unit="call")
         self.t0 = t0 = time.monotonic()
@@ -289,10 +291,10 @@ def interpret(call: Call, reply: Reply, spec: T.Spec, price: tuple[float, float]
     if reply.error:  # no reply at all: not final, a rerun tries again
         return {**row, "status": "error", "error": reply.error, "cost_usd": 0.0}
     done = {**row, "status": "done"}
-    if call.kind == "reward":
+    if call.kind in ("reward", "verify"):  # a reward model's reward; the verifier's share of checks passed
         ok = reply.score is not None and math.isfinite(reply.score)
         return {**done, "verdict": "score", "score_a": reply.score} if ok else \
-            {**done, "verdict": "invalid", "error": "no finite reward"}
+            {**done, "verdict": "invalid", "error": f"no finite {'reward' if call.kind == 'reward' else 'score'}"}
     if call.kind in T.TEXT_KINDS:
         return {**done, **text_verdict(reply)}
     cut = reply.finish_reason in ("length", "empty")
@@ -350,4 +352,7 @@ def pairwise_verdict(call: Call, top: dict | None, value: str, graded: bool) -> 
 
 
 def spec_version(spec: T.Spec, kind: str) -> str:
-    return "reward" if kind == "reward" else spec.version(kind)
+    return kind if kind == "reward" else VERIFY_VERSION if kind == "verify" else spec.version(kind)
+
+
+VERIFY_VERSION = "verify-v1"  # how the verifier's calls are keyed and scored (rlaif/judge/backends/verifier.py)

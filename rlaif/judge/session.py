@@ -28,6 +28,8 @@ from rlaif.judge.runner import Runner
 
 def judge_model_name(cfg) -> str:
     j = cfg.judge
+    if j.backend == "verifier":  # no model: checks run on each candidate
+        return "verifier"
     if j.backend == "openai":
         if not j.model:
             raise UserError("judge.model: required with judge.backend=openai (the endpoint's model name)")
@@ -57,6 +59,20 @@ def judge_weights(cfg, after: int | None = None) -> tuple[str, str | None]:
         raise UserError(f"judge.model=policy: round {after}'s adapter {adapter} is not trained yet (the judge of round "
                         f"{after + 1} is that round's sampling policy); run round {after}'s train stage first")
     return policy_base(cfg, after), str(adapter)
+
+
+def verify_data(cfg) -> dict[str, dict]:
+    """judge.backend=verifier: prompt_id -> {"tests", "reference"} of the training and held-out prompts
+    (rlaif.prompts.prompt_data; the two sets share no prompt), which single() puts in each verify call,
+    and so in its key: a prompt whose tests changed is run again, the others are not."""
+    from rlaif.prompts import prompt_args, prompt_data
+
+    data = {}
+    for heldout in (False, True):
+        args = prompt_args(cfg, heldout)
+        if args[0]:
+            data.update(prompt_data(*args[:4]))
+    return data
 
 
 def judge_label(model: str, adapter: str | None) -> str:
@@ -89,7 +105,9 @@ class JudgeSession:
             self.cfg, self.j = cfg, cfg.judge
             self.spec = T.build_spec(self.j)
             self.model, self.adapter = judge_weights(cfg, policy_after)
-            self.identity = judge_identity(self.j, self.model, self.adapter)
+            self.identity = judge_identity(self.j, self.model, self.adapter,
+                                           cfg.sandbox if self.j.backend == "verifier" else None)
+            self.data = verify_data(cfg) if self.j.backend == "verifier" else {}
             self.judge_id = judge_id(self.identity)
             self.ledger = Ledger(ledger_path)
             self.runner = Runner(cfg, self.ledger, self.model, self.spec, self.identity, self.judge_id)
@@ -117,7 +135,9 @@ class JudgeSession:
     @property
     def score_kind(self) -> str:
         """How one candidate is judged alone: a reward, a checklist, or a rubric score."""
-        return "reward" if self.j.backend == "reward_model" else "checklist" if self.j.mode == "checklist" else "score"
+        from rlaif.judge.pairs.rank import score_kind
+
+        return score_kind(self.j)
 
     def _call(self, kind: str, pid: str, chat, first: str, second: str | None, ids: tuple, order=None,
               item: tuple | None = None, spec: T.Spec | None = None) -> Call:
@@ -127,6 +147,13 @@ class JudgeSession:
             key = call_key(self.identity, "reward", chat, first, None, None)
             return Call(key, pid, kind, ids[0], None, None, (), len(first) // 3, (), tuple(chat), first,
                         max_tokens=0)
+        if kind == "verify":
+            from rlaif.judge.runner import VERIFY_VERSION
+
+            data = json.dumps(self.data.get(pid) or {"tests": None, "reference": None}, sort_keys=True)
+            key = call_key(self.identity, VERIFY_VERSION, chat, first, data, None)
+            return Call(key, pid, kind, ids[0], None, None, (), 0, (), tuple(chat), first, max_tokens=0,
+                        data=data)
         question = item[1] if item else None
         msgs = spec.render(kind, chat, first, second, question)
         tags = T.fence_tag(chat, first, second, question) + spec.turn_tag(chat)  # keys of renderings that changed

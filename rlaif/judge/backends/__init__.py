@@ -16,6 +16,7 @@ Which backend answers: the `BACKENDS` dict of "module:Class" strings, imported o
     local.py         judge.backend=local: a causal LM in-process, verdicts off the label logits
     vllm_judge.py    judge.backend=vllm: the local judge's calls in vLLM's offline engine (LoRA adapters included)
     reward_model.py  judge.backend=reward_model: a sequence-classification model's scalar reward
+    verifier.py      judge.backend=verifier: judge.checks run on each candidate (code tests in the sandbox), no model
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ BACKENDS = {
     "local": "rlaif.judge.backends.local:LocalJudge",  # a causal LM in-process, verdicts off the logits
     "vllm": "rlaif.judge.backends.vllm_judge:VLLMJudge",  # the same judge in vLLM's offline engine, one queue
     "reward_model": "rlaif.judge.backends.reward_model:RewardModelJudge",  # a sequence-classification reward model
+    "verifier": "rlaif.judge.backends.verifier:VerifierJudge",  # checks, code tests in the sandbox: no model
 }
 
-KINDS = ("pairwise", "score", "checklist", "reward", "checklist_writer", "critique", "revision")
+KINDS = ("pairwise", "score", "checklist", "reward", "verify", "checklist_writer", "critique", "revision")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Call:
     # rlaif/judge/pairs/meta.py); the seed makes a call's sample reproducible where the backend allows
     temperature: float = 0.0
     seed: int | None = None
+    # kind "verify" (judge.backend=verifier): the prompt row's check data as JSON, {"tests": [...], "reference": ...}
+    data: str | None = None
 
 
 @dataclass

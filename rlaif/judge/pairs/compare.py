@@ -32,7 +32,11 @@ def _scores(judgments: pl.LazyFrame, weights: dict[str, float] | None = None) ->
                  .group_by("prompt_id", C("a_id").alias("cid"))
                  .agg(ok=(C("verdict") != "invalid").all(), score=(C("score_a") * C("w")).sum() / C("w").sum())
                  .filter("ok").drop("ok").with_columns(scale=pl.lit(1.0)))
-    return pl.concat([rubric, reward, checklist])
+    # verify: the verifier's share of checks passed (rlaif/judge/backends/verifier.py), 0..1 like a checklist's
+    verify = (judgments.filter((C("kind") == "verify") & (C("verdict") == "score") & C("score_a").is_not_null())
+              .group_by("prompt_id", C("a_id").alias("cid")).agg(score=C("score_a").mean())
+              .with_columns(scale=pl.lit(1.0)))
+    return pl.concat([rubric, reward, checklist, verify])
 
 
 def checklist_items(judge) -> dict[str, dict]:
@@ -110,7 +114,7 @@ def compare(judgments: pl.DataFrame, weights: dict[str, float] | None = None) ->
     j = judgments.lazy()
     scores = _scores(j, weights)
     pw = j.filter(C("kind") == "pairwise")
-    score_prompts = (j.filter(C("kind").is_in(["score", "reward", "checklist"])).select("prompt_id").unique()
+    score_prompts = (j.filter(C("kind").is_in(["score", "reward", "checklist", "verify"])).select("prompt_id").unique()
                      .join(pw.select("prompt_id").unique(), on="prompt_id", how="anti"))
     cols = ["prompt_id", "chosen_id", "rejected_id", "outcome", "margin", "source"]
     out = pl.concat([_pairwise(pw, scores).select(cols), _score_only(scores, score_prompts).select(cols)])

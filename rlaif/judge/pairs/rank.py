@@ -33,6 +33,11 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tupl
         plan += part
         if j.mode == "pairwise" and js.score_kind == "score":  # best_vs_worst picks its pairs by score
             scores = js.results(part)
+        if j.tiebreak is not None and not js.runner.stopped:  # verifier: an LLM decides where checks tie
+            from rlaif.judge.pairs.tiebreak import tiebreak_round
+
+            tb, identical, js.tiebreak = tiebreak_round(js, cfg, accepted, js.results(part))
+            plan += tb
     if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
         comps, identical = plan_pairs(cfg, accepted, scores)
         pw = (c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b))
@@ -76,8 +81,9 @@ def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | No
 
 
 def score_kind(j) -> str:
-    """What a single-candidate call is (JudgeSession.score_kind, without opening a session)."""
-    return "reward" if j.backend == "reward_model" else "checklist" if j.mode == "checklist" else "score"
+    """What a single-candidate call is: a reward, the verifier's checks, a checklist, or a rubric score."""
+    return {"reward_model": "reward", "verifier": "verify"}.get(
+        j.backend, "checklist" if j.mode == "checklist" else "score")
 
 
 def planned_calls(cfg: RunConfig, accepted: pl.DataFrame) -> dict:
