@@ -272,8 +272,6 @@ class JudgeConfig(Strict):
             if not self.checks:
                 raise _check_error("backend: verifier scores candidates by judge.checks: give at least one, e.g. "
                                    "checks: {tests: {tests: true}}")
-            if self.mode != "score" and "mode" in self.model_fields_set:
-                raise _check_error(f"backend: verifier scores each candidate alone (mode: score), not mode: {self.mode}")
             if self.tiebreak is not None and self.tiebreak.backend == "verifier":
                 raise _check_error("tiebreak: an LLM judge section (backend openai, local or vllm), not another verifier")
         elif self.checks or self.tiebreak is not None:

@@ -33,7 +33,7 @@ def _cfg(tmp_path, judge_model, *extra):
     prompts.write_text("".join(json.dumps({"prompt_id": p, "prompt": f"Write {p}.", "tests": t}) + "\n"
                                for p, t in TESTS.items()))
     return load_config(None, [f"run_dir={tmp_path / 'run'}", f"prompts={prompts}", "judge.backend=verifier",
-                              "judge.mode=score", "judge.checks.solves.tests=true", "sandbox.mode=best_effort",
+                              "judge.checks.solves.tests=true", "sandbox.mode=best_effort",
                               "sandbox.wall_s=5", "filter.min_margin=0", "judge.min_consistency=0",
                               *extra] + ([f"judge.tiebreak.backend=local", f"judge.tiebreak.model={judge_model}",
                                           "judge.tiebreak.mode=pairwise"] if judge_model else []))
