@@ -64,7 +64,8 @@ def call_tokens(cfg, calls: dict, rows, ctx: dict, tag: str) -> dict:
     for kind, n in sorted(calls.items(), key=lambda kv: kv[0] == "revision"):  # a revision carries the critique
         version = spec_version(ctx["spec"], kind) if kind in ctx["spec"].templates or kind == "reward" else None
         jid = ctx["ids"]["critic" if kind in CRITIC_KINDS else "judge"]
-        m = M.per_kind(ctx["rows"], jid, kind, version)
+        # pairwise_turns: evaluation's per-turn calls, kind pairwise in the ledger (a version per turn)
+        m = M.per_kind(ctx["rows"], jid, "pairwise" if kind == "pairwise_turns" else kind, version)
         o, basis = (m["output_tokens"], m["basis"]) if m else reply_cap(cfg, kind)
         key = (kind, tag)
         if key not in ctx["seen"]:
@@ -125,7 +126,7 @@ def duration(cfg, by_kind: dict, phases: int) -> dict:
 def phases(cfg, kinds) -> int:
     """Batch API round trips the judge stage waits for, in order: generated checklists, single-candidate
     calls, pairwise (rank.py rank_round); critique, revision, confirmations (revise.py)."""
-    from rlaif.judge.pairs.rank import score_kind
+    from rlaif.judge.session import score_kind
 
     singles = {"score", "checklist", "reward"} & set(kinds)
     rank = cfg.pairs.source != "revise"
@@ -149,10 +150,12 @@ def build(cfg) -> dict:
     prompts = read_prompts(*prompt_args(cfg))
     if cfg.generate.max_prompts:
         prompts = prompts.head(cfg.generate.max_prompts)
-    heldout = 0
+    heldout = (0, None)  # held-out prompts, and every user turn of them when evaluation plays them
     if cfg.evaluate.prompts and Path(cfg.evaluate.prompts).exists():
-        heldout = read_prompts(*prompt_args(cfg, heldout=True)).height
-        heldout = min(heldout, cfg.evaluate.n_prompts or heldout)
+        held = read_prompts(*prompt_args(cfg, heldout=True))
+        held = held.head(cfg.evaluate.n_prompts) if cfg.evaluate.n_prompts else held
+        played = C.played_turns(held)
+        heldout = (held.height, played["turns"] if played["answers"] else None)
     gen = M.generation(cfg)
     counter = TokenCounter(cfg)
     ctx = {"counter": counter, "seen": {}, "spec": build_spec(cfg.judge), "ids": M.judge_ids(cfg),
@@ -170,20 +173,29 @@ def build(cfg) -> dict:
             "total": totals(cfg, rounds, calib), "memory": memory(cfg)}
 
 
-def one_round(cfg, k: int, prompts, heldout: int, gen: dict, ctx: dict) -> dict:
+def one_round(cfg, k: int, prompts, heldout: tuple, gen: dict, ctx: dict) -> dict:
+    """heldout: (held-out prompts, their user turns or None when the set has no `turns` rows)."""
     g = cfg.generate
     resp = gen["response_tokens"] or g.max_tokens
     accepted, basis = C.round_candidates(cfg, k, prompts, round(resp))
     jc = C.judge_calls(cfg, accepted)
     judge = section(cfg, jc, accepted, ctx, phases(cfg, jc), f"round-{k}")
-    ev = section(cfg, C.evaluate_calls(cfg, k, heldout, accepted), accepted, ctx, 1, f"round-{k}")
+    ev = section(cfg, C.evaluate_calls(cfg, k, heldout[0], accepted, heldout[1]), accepted, ctx, 1, f"round-{k}")
+    answers = heldout[1] if heldout[1] is not None else heldout[0]  # a played set: an answer per user turn
     expected = round(prompts.height * g.n * resp)
     generate = {"prompts": prompts.height, "candidates": prompts.height * g.n,
                 "tokens_cap": prompts.height * g.n * g.max_tokens, "tokens_expected": expected,
                 "expected_basis": f"measured mean of {gen['from']}" if gen["response_tokens"] else "the cap",
                 "seconds": round(expected / gen["tokens_per_s"], 1) if gen["tokens_per_s"] else None,
-                "eval_answers": heldout * (2 if k == 0 else 1), "done": basis.startswith("this round's"),
-                "eval_tokens_cap": heldout * (2 if k == 0 else 1) * (cfg.evaluate.max_tokens or g.max_tokens)}
+                "eval_answers": answers * (2 if k == 0 else 1), "done": basis.startswith("this round's"),
+                "eval_tokens_cap": answers * (2 if k == 0 else 1) * (cfg.evaluate.max_tokens or g.max_tokens)}
+    played = C.played_turns(prompts)
+    if played["answers"] and not generate["done"]:  # `turns` rows: the policy's own earlier turns first, n=1 each
+        generate.update(turn_answers=played["answers"], turn_passes=played["passes"],
+                        tokens_cap=generate["tokens_cap"] + played["answers"] * g.max_tokens,
+                        tokens_expected=expected + round(played["answers"] * resp))
+        if gen["tokens_per_s"]:
+            generate["seconds"] = round(generate["tokens_expected"] / gen["tokens_per_s"], 1)
     if generate["done"]:  # generated already: what the judge will read, not what sampling may make
         tokens = int(accepted["num_tokens"].sum() or 0)
         generate.update(candidates=accepted.height, tokens_cap=tokens, tokens_expected=tokens,

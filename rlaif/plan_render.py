@@ -44,6 +44,9 @@ def render(p: dict) -> list[str]:
                        + (f"~{_hms(g['seconds'])} at the measured tokens/s" if g["seconds"] else
                           "unknown (no earlier round measured tokens/s)")
                        + f"; {g['eval_answers']:,} eval answers ({g['eval_tokens_cap']:,} tokens at most)")
+        if g.get("turn_answers"):  # `turns` prompts: the policy answers their earlier turns before the round's N
+            out.append(f"  played turns first: {g['turn_answers']:,} answers to earlier user turns (n=1) in "
+                       f"{g['turn_passes']} sampling pass(es), one after another; counted in the tokens above")
         out += _calls("judge", r["judge"]) + _calls("evaluate", r["evaluate"])
         out.append(_cost_time(r["cost"], r["time"]))
         out += [f"  note: {n}" for n in r["notes"]]

@@ -62,6 +62,13 @@ class TokenCounter:
 
 def _rendered(spec, kind: str, row: dict, other: str, item: str, critique: str) -> list[dict]:
     chat = row["messages"]
+    if kind == "pairwise_turns":  # evaluation's per-turn call: both conversations, this row's history in each
+        from rlaif.judge.templates import turn_spec, turns_text
+
+        turn = sum(m["role"] == "user" for m in chat)
+        asked = [m for m in chat if m["role"] != "assistant"]
+        a, b = ([*chat, {"role": "assistant", "content": text}] for text in (row["response"], other))
+        return turn_spec(spec, turn).render("pairwise", asked, turns_text(a), turns_text(b))
     if kind == "pairwise":
         return spec.render("pairwise", chat, row["response"], other)
     if kind == "checklist":

@@ -64,6 +64,10 @@ def test_candidates_share_the_policy_s_own_earlier_turns(tmp_path, tiny_model):
     plain = cands.filter(pl.col("prompt_id") == "plain")["messages"][0].to_list()
     assert plain == [{"role": "user", "content": "Hi?"}]
     assert json.loads((tmp_path / "round-0" / "turns" / "turn-1" / "candidates.manifest.json").read_text())
+    # one model for every played turn: turn 1 loaded it, turn 2 sampled on the same one
+    loaded = [json.loads((tmp_path / "round-0" / "turns" / f"turn-{k}" / "candidates" / "worker-main.json")
+                         .read_text())["model_loaded"] for k in (1, 2)]
+    assert loaded == [True, False]
 
 
 def test_kill_9_mid_conversation_then_rerun_equals_the_clean_run(tmp_path, tiny_model):

@@ -249,6 +249,27 @@ def summarize_outcomes(out: pl.DataFrame, policy_tokens, sft_tokens, n_boot: int
     return res
 
 
+def per_turn(out: pl.DataFrame, matchups: pl.DataFrame, tokens: Mapping[str, int] | pl.DataFrame,
+             n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """eval.json's `per_turn` for played conversations: at each user turn, the win rate of the outcomes
+    there (`out` with a turn column: judged and identical ones) and its prompt-clustered interval, as
+    summarize_outcomes computes them, so the last turn of a set whose conversations share a length gives the
+    headline's numbers; n outcomes of n_prompts matchups (an invalid verdict drops one), and the mean answer
+    lengths at that turn."""
+    tok = _as_tokens(tokens)
+    rows = []
+    for t in sorted(matchups["turn"].unique().to_list()):
+        o, m = out.filter(C("turn") == t).sort("prompt_id"), matchups.filter(C("turn") == t)
+        y = o["y"].to_numpy()
+        lo, hi = bootstrap_ci(y, n_boot, seed, groups=o["prompt_id"].to_numpy()) if o.height else (None, None)
+        lens = {side: tok.join(m.select(C(f"{side}_id").alias("candidate_id")), on="candidate_id")["num_tokens"]
+                for side in ("policy", "sft")}
+        rows.append({"turn": int(t), "n": o.height, "n_prompts": m.height, "n_identical": int(m["identical"].sum()),
+                     "win_rate": _num(win_rate(y)) if o.height else None, "win_rate_ci": [_num(lo), _num(hi)],
+                     **{f"{side}_mean_tokens": _num(v.mean()) if v.len() else None for side, v in lens.items()}})
+    return rows
+
+
 def summarize(judgments: pl.DataFrame, policy_ids: Iterable[str] | pl.Series, tokens: Mapping[str, int] | pl.DataFrame,
               reward_accuracy: float | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
     """The eval.json contract from pairwise judgments alone. Lengths are over every policy / SFT

@@ -5,17 +5,24 @@
 1. Answers: the SFT model answers the held-out prompts once per run (RUN_DIR/eval-sft/), round
    K's policy (its base plus its adapter) answers them in RUN_DIR/round-K/eval/answers/; both
    through the generate stage, with the generate settings except n=1 and evaluate.temperature
-   (greedy by default). Both are resumable shards, as in generate.
+   (greedy by default). Both are resumable shards, as in generate. A held-out set with `turns` rows
+   is played out by each model on its own (rlaif/generate/turns.py: the SFT model's conversation holds
+   the SFT model's earlier answers, the policy's the policy's), the played turns under each side's
+   answers folder (turns/turn-J/), all of a side's passes on one loaded model.
 2. Verdicts: the judge compares policy vs SFT answers pairwise in both orders (or, with
    evaluate.mode=score, judges each alone: a rubric score, the weighted P(yes) of judge.checklist
    when judge.mode=checklist, or a reward model's reward) through the round's ledger, so a rerun
    pays for nothing twice.
-   Identical answers are ties and are never sent.
+   Identical answers are ties and are never sent. Played conversations are compared at every user
+   turn, each answer in its own conversation (MT-Bench's pairwise multi-turn judge: pairwise-turns-v1);
+   each conversation's last turn is the headline.
 3. eval/eval.json: win rate with a bootstrap interval, length-controlled win rate (its length slope
    from two of round K's candidates per training prompt, judged the same way: lc_anchor.py; those
    comparisons in eval/anchor-outcomes.parquet), lengths,
    judge health, implicit-reward accuracy on held-out pairs, and the same against round K-1's
-   policy. eval/outcomes.parquet holds one row per compared prompt (metrics.py has the schema).
+   policy. eval/outcomes.parquet holds one row per compared prompt (metrics.py has the schema); with
+   played conversations eval.json's `per_turn` holds the win rate at each user turn, and
+   eval/outcomes-per-turn.parquet its rows.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from rlaif.evaluate import lc_anchor as LA
 from rlaif.evaluate import metrics as M
 from rlaif.io import PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
 from rlaif.prompts import prompt_args, read_prompts
+from rlaif.judge import templates as T
 from rlaif.judge.pairs.compare import checklist_weights
 from rlaif.judge.session import JudgeSession, judge_label, judge_weights, same_text
 from rlaif.judge.candidates import read_candidates
@@ -56,11 +64,6 @@ def heldout_prompts(cfg: RunConfig) -> pl.DataFrame:
     prompts = read_prompts(*prompt_args(cfg, heldout=True))
     if e.n_prompts:
         prompts = prompts.head(e.n_prompts)
-    if "turns" in prompts.columns and (later := int((prompts["turns"].list.len().fill_null(1) > 1).sum())):
-        # generate plays `turns` out (rlaif/generate/turns.py); evaluate does not yet: said, not hidden
-        print(f"evaluate: {later} held-out conversation(s) have later user turns; evaluation judges the answer "
-              "to their first turn only (per-turn evaluation is not built yet)")
-        prompts = prompts.drop("turns")
     trained = {json.dumps(m, sort_keys=True) for m in read_prompts(*prompt_args(cfg))["messages"].to_list()}
     leaked = [pid for pid, m in zip(prompts["prompt_id"], prompts["messages"].to_list())
               if json.dumps(m, sort_keys=True) in trained]
@@ -104,16 +107,64 @@ def matchups(policy: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
             lambda r: same_text(r["policy_text"], r["sft_text"]), return_dtype=pl.Boolean)).sort("prompt_id")
 
 
+def played(out: Path, final: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Every answer of one side's played conversations with its user turn: turns 1..T-1 from the side's
+    out/turns/turn-J/ (rlaif/generate/turns.py), turn T from its final answers; conversations that were
+    not played to the end (too long for the model) are left out."""
+    last = dict(zip(prompts["prompt_id"].to_list(), prompts["turns"].list.len().fill_null(1).to_list()))
+    parts = [final.with_columns(turn=pl.col("prompt_id").replace_strict(last, return_dtype=pl.Int64),
+                                final=pl.lit(True))]
+    for j in range(1, max(last.values(), default=1)):
+        if (out / "turns" / f"turn-{j}" / "candidates.manifest.json").exists():
+            parts.append(read_candidates(out / "turns" / f"turn-{j}").with_columns(turn=pl.lit(j, pl.Int64),
+                                                                                   final=pl.lit(False)))
+    cols = ["prompt_id", "turn", "final", "candidate_id", "messages", "response", "num_tokens"]
+    return pl.concat([p.select(cols) for p in parts]).filter(pl.col("prompt_id").is_in(final["prompt_id"].implode()))
+
+
+def turn_matchups(policy: pl.DataFrame, other: pl.DataFrame) -> pl.DataFrame:
+    """matchups() per user turn of played conversations (played()): each side's own conversation up to the
+    turn (messages, sft_messages) and its answer there. Identical means the whole conversations are."""
+    cols = ["prompt_id", "turn", "final", "candidate_id", "messages", "response"]
+    m = policy.select(cols).join(other.select(cols[:2] + cols[3:]), on=["prompt_id", "turn"], suffix="_o")
+
+    def same(r) -> bool:
+        return same_text(T.conversation([*r["messages"], {"role": "assistant", "content": r["policy_text"]}]),
+                         T.conversation([*r["sft_messages"], {"role": "assistant", "content": r["sft_text"]}]))
+
+    return m.select("prompt_id", "turn", "final", "messages", sft_messages="messages_o", policy_id="candidate_id",
+                    sft_id="candidate_id_o", policy_text="response", sft_text="response_o").with_columns(
+        identical=pl.struct("messages", "sft_messages", "policy_text", "sft_text").map_elements(
+            same, return_dtype=pl.Boolean)).sort("prompt_id", "turn")
+
+
 def plan_calls(cfg: RunConfig, js: JudgeSession, m: pl.DataFrame) -> list:
     sent = m.filter(~pl.col("identical"))
-    calls = []
+    calls, specs = [], {}
     for r in sent.iter_rows(named=True):
         a, b = (r["policy_id"], r["policy_text"]), (r["sft_id"], r["sft_text"])
-        if cfg.evaluate.mode == "pairwise":
+        if "turn" in m.columns:  # played conversations: each answer in its own conversation
+            calls += turn_calls(cfg, js, r, specs)
+        elif cfg.evaluate.mode == "pairwise":
             calls += js.pairwise(r["prompt_id"], r["messages"], a, b)
         else:
             calls += js.single(r["prompt_id"], r["messages"], a) + js.single(r["prompt_id"], r["messages"], b)
     return calls
+
+
+def turn_calls(cfg: RunConfig, js: JudgeSession, r: dict, specs: dict) -> list:
+    """One matchup at user turn r["turn"]: pairwise, both conversations shown to the judge, told which turn
+    to compare (templates.turn_spec); score, each answer scored in its own conversation (the earlier turns
+    its history, rlaif/judge/templates.py marks the judged turn)."""
+    mine, theirs = r["messages"], r["sft_messages"]
+    if cfg.evaluate.mode != "pairwise":
+        return (js.single(r["prompt_id"], mine, (r["policy_id"], r["policy_text"]))
+                + js.single(r["prompt_id"], theirs, (r["sft_id"], r["sft_text"])))
+    spec = specs.get(r["turn"]) or specs.setdefault(r["turn"], T.turn_spec(js.spec, r["turn"]))
+    asked = [x for x in mine if x["role"] != "assistant"]  # what both were asked: the user's turns
+    return js.pairwise(r["prompt_id"], asked,
+                       (r["policy_id"], T.turns_text([*mine, {"role": "assistant", "content": r["policy_text"]}])),
+                       (r["sft_id"], T.turns_text([*theirs, {"role": "assistant", "content": r["sft_text"]}])), spec)
 
 
 def judged(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict) -> pl.DataFrame:
@@ -164,6 +215,16 @@ def compare(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: di
                invalid_rate=M.invalid_rate(judgments, single=cfg.evaluate.mode == "score"),
                judge_cost_usd=float(judgments["cost_usd"].sum()) if judgments.height else 0.0)
     return out, res
+
+
+def per_turn(cfg: RunConfig, m: pl.DataFrame, judgments: pl.DataFrame, tokens: dict) -> tuple[pl.DataFrame, list]:
+    """Outcome rows at every user turn of the played conversations (a `turn` column first) and eval.json's
+    `per_turn`: MT-Bench reports its turns apart (Zheng et al. 2023, arXiv 2306.05685, sec. 4)."""
+    ties = M.tie_outcomes(m.filter(pl.col("identical")), tokens)
+    out = pl.concat([judged(cfg, m, judgments, tokens).select(list(M.OUTCOME_SCHEMA)), ties])
+    out = out.join(m.select("policy_id", "turn"), on="policy_id").select("turn", *M.OUTCOME_SCHEMA)
+    out = out.sort("turn", "prompt_id")
+    return out, M.per_turn(out, m, tokens, cfg.evaluate.n_boot, cfg.seed)
 
 
 def judge_after(cfg: RunConfig) -> int:
@@ -255,14 +316,24 @@ def run(cfg: RunConfig) -> Path:
     model, adapter = judge_weights(cfg, judge_after(cfg))  # a missing judge is one line before any answer
     sft = answers(cfg, prompts, None)
     pol = answers(cfg, prompts, k)
-    groups = {"sft": matchups(pol, sft)}
+    turned = "turns" in prompts.columns and (prompts["turns"].list.len().max() or 0) > 1  # generate plays them
+    if turned:  # every turn's answers, each side's own conversation; the last turn is the headline
+        sft, pol = played(sft_dir(cfg), sft, prompts), played(answers_dir(cfg, k), pol, prompts)
+        every = turn_matchups(pol, sft)
+        groups = {"sft": every.filter(pl.col("final")), "turns": every.filter(~pl.col("final"))}
+    else:
+        groups = {"sft": matchups(pol, sft)}
     from rlaif.evaluate import checks as CK  # the user's checks: measured without the judge, before paying it
 
     checks = CK.measure(cfg, groups["sft"], edir / "checks.parquet")
     prev = None
     if cfg.evaluate.vs_previous and k > 0:
         prev = answers(cfg, prompts, k - 1)
-        groups["previous"] = matchups(pol, prev)
+        if turned:  # the last turns only: per-turn figures are against SFT
+            prev = played(answers_dir(cfg, k - 1), prev, prompts)
+            groups["previous"] = turn_matchups(pol, prev).filter(pl.col("final"))
+        else:
+            groups["previous"] = matchups(pol, prev)
     t_gen = time.perf_counter() - t0
     tokens = dict(zip(pl.concat([pol, sft] + ([prev] if prev is not None else []))["candidate_id"],
                       pl.concat([pol, sft] + ([prev] if prev is not None else []))["num_tokens"]))
@@ -279,6 +350,9 @@ def run(cfg: RunConfig) -> Path:
     out, res = compare(cfg, groups["sft"], judgments["sft"], tokens, anchor)
     write_parquet(edir / "judgments.parquet", pl.concat(list(judgments.values())).unique("key", maintain_order=True))
     write_parquet(edir / "outcomes.parquet", out)
+    if turned:
+        out_t, res["per_turn"] = per_turn(cfg, every, pl.concat([judgments["sft"], judgments["turns"]]), tokens)
+        write_parquet(edir / "outcomes-per-turn.parquet", out_t)
     vs_prev = None
     if prev is not None:
         out_p, vs_prev = compare(cfg, groups["previous"], judgments["previous"], tokens, anchor)
@@ -322,6 +396,10 @@ def headline(e: dict) -> str:
             f"{e['n_identical']} identical answers (ties)")
     if e.get("position_consistency") is not None:
         text += f", judge position consistency {e['position_consistency']:.2f}"
+    if e.get("per_turn"):  # played conversations: the figure above is each one's last turn
+        text += "; per turn: " + ", ".join(
+            f"turn {t['turn']} {_pct(t['win_rate'])} (95% CI {_pct(t['win_rate_ci'][0])}–{_pct(t['win_rate_ci'][1])}, "
+            f"n={t['n']})" for t in e["per_turn"])
     if e.get("vs_previous"):
         text += f"; vs round {e['round'] - 1}: {_pct(e['vs_previous']['win_rate'])}"
     if e.get("reward_accuracy") is not None:

@@ -46,7 +46,10 @@ def record_path(out: Path, worker: tuple[int, int] | None) -> Path:
 
 
 def sample_missing(cfg: RunConfig, model: str, chats: dict, plan: dict, tokens: dict, out: Path, *,
-                   worker: tuple[int, int] | None = None, tag: str, desc: str) -> None:
+                   worker: tuple[int, int] | None = None, tag: str, desc: str, sampler=None) -> None:
+    """Sample the shards not written yet. sampler (rlaif.generate.turns.Sampler): one model shared by the
+    passes of a played conversation, loaded by the first pass that needs it and closed by its owner;
+    without one, this pass loads its own backend and closes it."""
     owned = mine(plan, worker)
     remove_stale_tmp(out, None if worker is None else set(owned))
     todo = [i for i in owned if not shard_path(out, i).exists()]
@@ -59,8 +62,11 @@ def sample_missing(cfg: RunConfig, model: str, chats: dict, plan: dict, tokens: 
 
     t0 = time.time()
     g = cfg.generate
-    backend = load_backend(g.backend, model, g, cfg.seed)
-    load_s = time.time() - t0
+    if sampler is None:
+        backend = load_backend(g.backend, model, g, cfg.seed)
+        load_s = time.time() - t0
+    else:
+        backend, load_s = sampler.get(cfg, model)  # None: an earlier pass of the conversation loaded it
     shards = [[Request(pid, tokens[pid], prompt_seed(cfg, pid)) for pid in plan["shards"][i]] for i in todo]
     bar = _Progress(plan, owned, todo, desc + (f" {g.worker}" if worker else ""),
                     copies=g.n if (g.temperature == 0 and g.backend == "transformers") else 1)
@@ -76,14 +82,15 @@ def sample_missing(cfg: RunConfig, model: str, chats: dict, plan: dict, tokens: 
                 write_parquet(shard_path(out, i), rows(cfg, chats, [done[p] for p in plan["shards"][i]], tag))
                 bar.shard_written()
     finally:  # the engine's memory goes back before anything else in this process loads (evaluate's judge)
-        if hasattr(backend, "close"):
+        if sampler is None and hasattr(backend, "close"):
             backend.close()
     bar.close()
     if waiting:  # a backend bug, never a user's: say which shards stay missing
         raise RuntimeError(f"generate: the backend left prompts of shards {sorted(waiting)} unanswered")
     write_json(record_path(out, worker), {
         "worker": g.worker if worker else "main", "host": socket.gethostname(), "fingerprint": plan["fingerprint"],
-        "shards": len(todo), "new_tokens": bar.tokens, "model_load_s": load_s, "generate_s": bar.elapsed(),
+        "shards": len(todo), "new_tokens": bar.tokens, "model_load_s": load_s or 0.0,
+        "model_loaded": load_s is not None, "generate_s": bar.elapsed(),
         "started": t0, "finished": time.time(), **getattr(backend, "stats", {})})
 
 

@@ -24,7 +24,7 @@ from rlaif.generate.manifest import write_manifest
 from rlaif.generate.plan import MANIFEST, done, make_plan, render, reuse_shards, save_or_check
 from rlaif.generate.sample import missing, sample_missing
 from rlaif.generate.spawn import WorkerFailed, parse_worker, run_workers
-from rlaif.generate.turns import play
+from rlaif.generate.turns import Sampler, has_turns, play
 from rlaif.prompts import prompt_args, read_prompts_counted
 from rlaif.models import resolve_model
 
@@ -75,15 +75,22 @@ def run(cfg: RunConfig) -> Path:
     return write_manifest(cfg, model, out, prompts=counts)
 
 
-def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag: str, desc: str) -> Path:
+def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag: str, desc: str,
+                   sampler: Sampler | None = None) -> Path:
     """Sample these prompts into this folder (out_dir/candidates + out_dir/candidates.manifest.json), in
     this process, resumable like the stage; `tag` replaces "rK" in candidate ids. The evaluate stage's
-    held-out answers; generate.worker and data_parallel_size do not apply."""
+    held-out answers and the played turns; generate.worker and data_parallel_size do not apply.
+    sampler: a model already loaded for these settings (the passes of one played conversation).
+    `turns` rows are played first (turns.py) into out_dir/turns/turn-J/, every pass on one loaded model."""
     g = cfg.generate
     prompts = system_prompt(cfg, prompts)
     if g.max_prompts:
         prompts = prompts.head(g.max_prompts)
     rdir = Path(out_dir)
+    if sampler is None and has_turns(prompts):
+        with Sampler() as own:
+            played = play(cfg, prompts, rdir, tag, desc, sample_prompts, own)
+            return sample_prompts(cfg, played, rdir, tag=tag, desc=desc, sampler=own)
     model, fp = _identity(cfg, prompts, tag)
     _aside_if_other(rdir, fp, desc)
     if done(rdir, fp):
@@ -91,7 +98,7 @@ def sample_prompts(cfg: RunConfig, prompts: pl.DataFrame, out_dir: Path, *, tag:
         return rdir / MANIFEST
     out = rdir / "candidates"
     plan, tokens = _plan(cfg, prompts, model, fp, out, tag)
-    sample_missing(cfg, model, _chats(prompts), plan, tokens, out, tag=tag, desc=desc)
+    sample_missing(cfg, model, _chats(prompts), plan, tokens, out, tag=tag, desc=desc, sampler=sampler)
     return write_manifest(cfg, model, out)
 
 

@@ -10,9 +10,15 @@ prompt like generation itself, written to round-K/turns/turn-J/ as a resumable, 
 candidate shards (rlaif.generate.stage.sample_prompts): a kill -9 mid-conversation, then a rerun,
 samples only what is missing and gives the same conversations. The played turns are recorded there
 (candidates.manifest.json, the shards) and in every candidate's `messages`.
+
+The passes of one play share one loaded model (`Sampler`): a pass cannot start before the one before it
+ends (its prompts hold the earlier answers), but the weights, or vLLM's engine, need not be loaded again
+for it. Evaluation plays the held-out conversations the same way (rlaif/evaluate/stage.py), its final
+n=1 pass on the same Sampler.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import polars as pl
@@ -21,13 +27,23 @@ from rlaif.config import RunConfig
 from rlaif.io import MESSAGES
 
 
-def play(cfg: RunConfig, prompts: pl.DataFrame, rdir: Path, tag: str, desc: str, sample) -> pl.DataFrame:
+def has_turns(prompts: pl.DataFrame) -> bool:
+    """True when some row has later user turns to play."""
+    return "turns" in prompts.columns and (prompts["turns"].drop_nulls().list.len().max() or 0) > 1
+
+
+def play(cfg: RunConfig, prompts: pl.DataFrame, rdir: Path, tag: str, desc: str, sample,
+         sampler: "Sampler | None" = None) -> pl.DataFrame:
     """prompts with each `turns` row's conversation extended by the policy's answers to all but its
     last user turn, which becomes the final message; rows without turns are returned as they were.
     A conversation whose earlier turn could not be sampled (too long for the model) is dropped, counted.
-    sample: rlaif.generate.stage.sample_prompts (passed in: the stage imports this module)."""
-    if "turns" not in prompts.columns or prompts["turns"].drop_nulls().list.len().max() in (None, 0, 1):
+    sample: rlaif.generate.stage.sample_prompts (passed in: the stage imports this module); sampler:
+    one the caller holds for a pass after these (else one for these passes, closed at the end)."""
+    if not has_turns(prompts):
         return prompts
+    if sampler is None:
+        with Sampler() as own:
+            return play(cfg, prompts, rdir, tag, desc, sample, own)
     ids = prompts["prompt_id"].to_list()
     chats = dict(zip(ids, prompts["messages"].to_list()))
     turns = dict(zip(ids, prompts["turns"].to_list()))
@@ -40,7 +56,7 @@ def play(cfg: RunConfig, prompts: pl.DataFrame, rdir: Path, tag: str, desc: str,
         frame = pl.DataFrame({"prompt_id": asked, "messages": [chats[p] for p in asked]},
                              schema={"prompt_id": pl.String, "messages": MESSAGES})
         out = rdir / "turns" / f"turn-{k}"
-        sample(one, frame, out, tag=f"{tag}-turn{k}", desc=f"{desc}: turn {k} of {deepest}")
+        sample(one, frame, out, tag=f"{tag}-turn{k}", desc=f"{desc}: turn {k} of {deepest}", sampler=sampler)
         answers = answered(out)
         for p in asked:
             if p not in answers:
@@ -63,3 +79,38 @@ def answered(out: Path) -> dict[str, str]:
         return {}
     df = pl.concat([pl.read_parquet(p, columns=["prompt_id", "response"]) for p in parts])
     return dict(zip(df["prompt_id"].to_list(), df["response"].to_list()))
+
+
+class Sampler:
+    """One generation backend for several sampling passes under the same generate settings, loaded when a
+    pass first has shards to sample (a rerun with every shard written loads nothing) and closed on exit."""
+
+    def __init__(self) -> None:
+        self.backend, self.settings = None, None
+
+    def get(self, cfg: RunConfig, model: str):
+        """(backend, seconds spent loading it now, or None when an earlier pass loaded it)."""
+        settings = (model, cfg.seed, cfg.generate.model_dump_json())
+        if self.backend is not None:
+            if settings != self.settings:  # a caller's bug: rows must come from the settings they are keyed on
+                raise RuntimeError("generate: a shared sampler was asked for other generate settings")
+            return self.backend, None
+        from rlaif.generate.backends import load_backend
+
+        t0 = time.time()
+        self.backend = load_backend(cfg.generate.backend, model, cfg.generate, cfg.seed)
+        self.settings = settings
+        return self.backend, time.time() - t0
+
+    def close(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()  # the engine's memory back before anything else in this process loads
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+

@@ -149,6 +149,49 @@ def judged_note(kind: str, after: list) -> str:
     return head + f"{what} the assistant's reply to the final user turn (data block `final_user_turn`) only."
 
 
+# ------------------------------------------------------------------ per-turn comparison (issue 23, item 4)
+# Evaluation of played conversations compares the policy's and the SFT model's answers at user turn j, each in
+# its OWN conversation (their earlier answers differ): MT-Bench's pair-v2-multi-turn shows both assistants'
+# whole conversations and tells the judge which turn to compare (Zheng et al. 2023, arXiv 2306.05685). A
+# per-turn spec (turn_spec) renders pairwise calls with pairwise-turns-v1.yaml; the two texts of such a call
+# are the conversations themselves (turns_text), so the ledger keys them whole: never the key of a
+# single-conversation call, and the same key on a rerun.
+TURNS_TEMPLATE = "pairwise-turns-v1"
+
+
+def turns_text(messages) -> str:
+    """One assistant's conversation through the judged turn (its answer last), as a per-turn call's text."""
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False)
+
+
+def turn_spec(spec: Spec, turn: int) -> Spec:
+    """The spec whose pairwise calls compare two conversations at user turn `turn`: the shipped per-turn
+    template (a judge.template of the user's is for single conversations), the same criteria and labels."""
+    t = _read_template(HERE / f"{TURNS_TEMPLATE}.yaml", "template")
+    return replace(spec, templates={**spec.templates, "pairwise": Template(TURNS_TEMPLATE, t["system"], t["user"],
+                                                                           t["digest"])}, judged_turn=turn)
+
+
+def played_field(text: str, max_tokens: int) -> str:
+    """A conversation block's body: every message with its role and user turn number, fenced as data; the
+    turns before the judged user turn cut from the oldest to max_tokens (fit_history), the cut counted."""
+    chat = json.loads(text) if text else []
+    last = max((i for i, m in enumerate(chat) if m["role"] == "user"), default=0)
+    cut = fit_history(chat[:last], max_tokens)[1]  # the oldest non-system messages before the judged user turn
+    head = [f"system: {fence(m['content'])}" for m in chat if m["role"] == "system"]
+    head += [f"[{cut} earlier turn{'s' if cut != 1 else ''} omitted]"] if cut else []
+    body, n, skipped = [], 0, 0
+    for i, m in enumerate(chat):
+        n += m["role"] == "user"
+        if m["role"] == "system":
+            continue
+        if i < last and skipped < cut:  # one of the turns fit_history dropped
+            skipped += 1
+            continue
+        body.append(f"{m['role']} (turn {n}): {fence(m['content'])}")
+    return "\n\n".join(head + body)
+
+
 def _read_template(path: Path, key: str) -> dict:
     try:
         raw = path.read_bytes()
@@ -226,6 +269,7 @@ class Spec:
     rubric_source: str  # "inline", a file path, or "" (no rubric)
     principles: tuple = ()
     max_history_tokens: int = 2048  # judge.max_history_tokens: not in version(); turn_tag() keys what it changes
+    judged_turn: int = 0  # > 0: a per-turn spec (turn_spec): pairwise compares two conversations at this user turn
 
     @property
     def rubric_id(self) -> dict:
@@ -244,16 +288,22 @@ class Spec:
     def version(self, kind: str) -> str:
         t = self.templates[kind]
         body = [t.digest, self.criteria, self.answer_format(kind)]
+        if self.judged_turn and kind == "pairwise":  # the turn asked about, and the history budget that cuts both
+            body += [self.judged_turn, self.max_history_tokens]
         return f"{t.name}@{hashlib.sha256(repr(body).encode()).hexdigest()[:10]}"
 
     def render(self, kind: str, chat, first: str = "", second: str | None = None,
                question: str | None = None) -> list[dict]:
         """Chat messages for one judge call; `first`/`second` are the texts in slots A/B (or R)."""
         t = self.templates[kind]
-        turns = split_turns(chat)
+        per_turn = bool(self.judged_turn) and kind == "pairwise"
+        turns = None if per_turn else split_turns(chat)
         convo = fence(conversation(chat)) if turns is None else turns_field(*turns, self.max_history_tokens)
         fields = {"conversation": convo, "criteria": self.criteria, "answer_format": self.answer_format(kind)}
-        if kind == "pairwise":
+        if per_turn:  # first/second: each assistant's whole conversation (turns_text), in slots A and B
+            fields.update(conversation_a=played_field(first, self.max_history_tokens),
+                          conversation_b=played_field(second or "", self.max_history_tokens), turn=str(self.judged_turn))
+        elif kind == "pairwise":
             fields.update(response_a=fence(first), response_b=fence(second or ""))
         elif kind in ("score", "checklist", "critique", "revision"):
             fields["response"] = fence(first)
