@@ -61,6 +61,23 @@ def judge_weights(cfg, after: int | None = None) -> tuple[str, str | None]:
     return policy_base(cfg, after), str(adapter)
 
 
+def score_kind(j) -> str:
+    """What a single-candidate call is: a reward, the verifier's checks, a checklist, or a rubric score."""
+    return {"reward_model": "reward", "verifier": "verify"}.get(
+        j.backend, "checklist" if j.mode == "checklist" else "score")
+
+
+def send_all(js: "JudgeSession", calls, desc: str, total: int) -> Plan:
+    """Send lazily made calls; the plan holds every one of them, sent or not (a budget stop leaves
+    some unsent: they are pending)."""
+    part = Plan()
+    tracked = part.track(calls)
+    js.send(tracked, desc, total)
+    for _ in tracked:  # what the runner did not read (a stop, or nothing left to send)
+        pass
+    return part
+
+
 def verify_data(cfg) -> dict[str, dict]:
     """judge.backend=verifier: prompt_id -> {"tests", "reference"} of the training and held-out prompts
     (rlaif.prompts.prompt_data; the two sets share no prompt), which single() puts in each verify call,
@@ -135,8 +152,6 @@ class JudgeSession:
     @property
     def score_kind(self) -> str:
         """How one candidate is judged alone: a reward, a checklist, or a rubric score."""
-        from rlaif.judge.pairs.rank import score_kind
-
         return score_kind(self.j)
 
     def _call(self, kind: str, pid: str, chat, first: str, second: str | None, ids: tuple, order=None,

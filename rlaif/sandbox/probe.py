@@ -30,20 +30,18 @@ print("loopback", net, "cwd", os.getcwd(), "pid", os.getpid())
 
 @functools.cache
 def _probe() -> tuple[spawn.Plan, dict]:
-    from rlaif.sandbox import Limits
-
     root = os.geteuid() == 0
     why = "the `unshare` program (util-linux) is not installed"
     if shutil.which("unshare"):
         plan = spawn.Plan(ns=True, userns=not root, drop_uid=root)
-        raw = spawn.execute(CHECK, None, Limits(wall_s=30.0), plan, None)
+        raw = spawn.execute(CHECK, None, spawn.Limits(wall_s=30.0), plan, None)
         seen = raw.stdout.decode(errors="replace").strip()
         if raw.exit_code == 0 and seen == "loopback down cwd /tmp/work pid 2":
             return plan, _report(plan)
         why = (raw.error or raw.stderr.decode(errors="replace").strip() or seen or "no output").splitlines()[-1]
     for drop in ([True, False] if root else [False]):  # a container's root may lack CAP_SETUID
         plan = spawn.Plan(ns=False, userns=False, drop_uid=drop)
-        if spawn.execute("print('ok')", None, Limits(wall_s=30.0), plan, None).exit_code == 0:
+        if spawn.execute("print('ok')", None, spawn.Limits(wall_s=30.0), plan, None).exit_code == 0:
             return plan, _report(plan, why)
     return plan, _report(plan, why)
 

@@ -30,6 +30,18 @@ _uids = itertools.count()
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Per execution; the run config's top-level `sandbox:` section fills them."""
+
+    cpu_s: float = 5.0  # RLIMIT_CPU
+    wall_s: float = 10.0  # killed (whole process group / namespace) after this
+    memory_mb: int = 256  # RLIMIT_AS, per process (no cgroup: procs x memory_mb at worst)
+    file_mb: int = 16  # RLIMIT_FSIZE (and each private tmpfs holds 4x this)
+    procs: int = 16  # max processes/threads the execution may have
+    output_kb: int = 64  # stdout+stderr kept; more is cut off and the run counts as "output_limit"
+
+
+@dataclass(frozen=True)
 class Plan:
     """How executions run on this machine (the probe picks one)."""
 

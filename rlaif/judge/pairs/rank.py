@@ -12,7 +12,7 @@ from itertools import combinations
 import polars as pl
 
 from rlaif.config import RunConfig
-from rlaif.judge.session import JudgeSession, Plan, same_text
+from rlaif.judge.session import JudgeSession, Plan, same_text, score_kind, send_all
 
 
 def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[Plan, int]:
@@ -45,17 +45,6 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tupl
     return plan, identical
 
 
-def send_all(js: JudgeSession, calls, desc: str, total: int) -> Plan:
-    """Send lazily made calls; the plan holds every one of them, sent or not (a budget stop leaves
-    some unsent: they are pending)."""
-    part = Plan()
-    tracked = part.track(calls)
-    js.send(tracked, desc, total)
-    for _ in tracked:  # what the runner did not read (a stop, or nothing left to send)
-        pass
-    return part
-
-
 def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | None) -> tuple[list, int]:
     """(prompt_id, a, b) comparisons; identical texts are never sent (counted instead)."""
     out, identical = [], 0
@@ -78,12 +67,6 @@ def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | No
             else:
                 out.append((pid[0], (a, texts[a]), (b, texts[b])))
     return out, identical
-
-
-def score_kind(j) -> str:
-    """What a single-candidate call is: a reward, the verifier's checks, a checklist, or a rubric score."""
-    return {"reward_model": "reward", "verifier": "verify"}.get(
-        j.backend, "checklist" if j.mode == "checklist" else "score")
 
 
 def planned_calls(cfg: RunConfig, accepted: pl.DataFrame) -> dict:

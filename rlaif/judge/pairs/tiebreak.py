@@ -15,7 +15,7 @@ from itertools import combinations
 
 import polars as pl
 
-from rlaif.judge.session import JudgeSession, Plan, same_text
+from rlaif.judge.session import JudgeSession, Plan, same_text, send_all
 
 
 def tied_prompts(scores: pl.DataFrame) -> set[str]:
@@ -43,8 +43,6 @@ def comparisons(accepted: pl.DataFrame, tied: set[str]) -> tuple[list, int]:
 def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, scores: pl.DataFrame) -> tuple[Plan, int, dict]:
     """Send the tiebreak judge's pairwise calls for the tied prompts; (plan, identical, stats). Its calls
     go to the verifier's ledger, keyed on the tiebreak judge's own identity."""
-    from rlaif.judge.pairs.rank import send_all
-
     tied = tied_prompts(scores)
     comps, identical = comparisons(accepted, tied)
     stats = {"tied_prompts": len(tied), "comparisons": len(comps), "calls": 2 * len(comps)}
