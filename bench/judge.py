@@ -7,16 +7,17 @@ tenacity, ledger, progress bar) at each concurrency, as a share of the bound con
 (2) ledger write cost per call; (3) calls per prompt of each ranking strategy at N = 4 and 8.
 
     .venv/bin/python bench/judge.py --compare 4000 40000 [--processes 1 2] [--distilabel-python PY]
-    .venv/bin/python bench/judge.py --scale 100000            (prompts, N=4, judge.mode=score)
+    .venv/bin/python bench/judge.py --scale 100000 [--response-chars 2000]   (prompts, N=4, judge.mode=score)
 
 (issue 22, item 5) --compare: score calls at zero latency, 64 in flight, each client in its own
 process: a bare AsyncOpenAI loop, `rlaif judge` (plan, ledger, report and filter included) at each
 judge.processes, and distilabel's TextGeneration on OpenAILLM when --distilabel-python names a
 python that has it (python3 -m venv /tmp/distil-venv && /tmp/distil-venv/bin/pip install
 distilabel==1.5.3 requests: its OpenAI module imports requests without depending on it). Each: calls/s, client CPU ms per call (the client's processes, not the
-server's), peak RSS. --scale: one `rlaif judge` of PROMPTS x 4 candidates, wall time, CPU per call,
-and wall time and peak RSS per step (read, judge = plan + send + writing judgments.parquet, report,
-filter), RSS sampled every 20 ms.
+server's), peak RSS. --scale: one `rlaif judge` of PROMPTS x 4 candidates (in 64-prompt shards, as
+generate writes them), wall time, CPU per call, and wall time and peak RSS per step (read, judge =
+plan + send + writing judgments.parquet, report, filter), RSS sampled every 20 ms: run it at two
+scales to see what grows with the number of calls (BENCHMARKS.md, "Judge stage memory, streamed").
 """
 from __future__ import annotations
 
@@ -39,14 +40,18 @@ from rlaif.io import CANDIDATES_SCHEMA, write_json, write_parquet  # noqa: E402
 from servers import FakeJudgeServer  # noqa: E402
 
 
-def make_round(run_dir: Path, prompts: int, n: int) -> None:
-    rows = [{"prompt_id": f"p{i}", "candidate_id": f"p{i}/{j}", "round": 0,
-             "messages": [{"role": "user", "content": f"Question {i}?"}],
-             "response": f"Answer {j} to question {i}. " * (j + 1), "num_tokens": 8 * (j + 1),
-             "finish_reason": "stop", "model": "bench", "adapter": None, "seed": 0}
-            for i in range(prompts) for j in range(n)]
+def make_round(run_dir: Path, prompts: int, n: int, shard: int = 64, chars: int = 0) -> None:
+    """PROMPTS x n candidates in shards of `shard` prompts, as `rlaif generate` writes them
+    (generate.shard_size); chars > 0: each response padded to about that many characters."""
     rdir = run_dir / "round-0"
-    write_parquet(rdir / "candidates" / "part-00000.parquet", pl.DataFrame(rows, schema=CANDIDATES_SCHEMA))
+    pad = lambda i, j: " ".join(f"w{(i * 31 + j * 7 + k) % 997}" for k in range(chars // 5))  # noqa: E731
+    for k, lo in enumerate(range(0, prompts, shard)):
+        rows = [{"prompt_id": f"p{i}", "candidate_id": f"p{i}/{j}", "round": 0,
+                 "messages": [{"role": "user", "content": f"Question {i}?"}],
+                 "response": f"Answer {j} to question {i}. " * (j + 1) + pad(i, j), "num_tokens": 8 * (j + 1),
+                 "finish_reason": "stop", "model": "bench", "adapter": None, "seed": 0}
+                for i in range(lo, min(lo + shard, prompts)) for j in range(n)]
+        write_parquet(rdir / "candidates" / f"part-{k:05d}.parquet", pl.DataFrame(rows, schema=CANDIDATES_SCHEMA))
     write_json(rdir / "candidates.manifest.json", {"stage": "generate"})
 
 
@@ -224,12 +229,12 @@ def distilabel_run(py: str, url: str, calls: int, conc: int) -> dict:
             "cpu_ms_per_call": round(cpu / calls * 1e3, 3), "peak_rss_mb": round(after.ru_maxrss / 1024, 1)}
 
 
-def measure(srv, kind: str, calls: int, processes: int = 1, conc: int = 64) -> dict:
+def measure(srv, kind: str, calls: int, processes: int = 1, conc: int = 64, chars: int = 0) -> dict:
     import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "rlaif":
-            make_round(Path(tmp), prompts=calls // 4, n=4)  # written here: the child's memory is the judge's
+            make_round(Path(tmp), prompts=calls // 4, n=4, chars=chars)  # written here: the child's memory is the judge's
         out = subprocess.run([sys.executable, __file__, "--child", kind, "--url", srv.base_url, "--calls", str(calls),
                               "--run-dir", tmp, "--processes", str(processes), "--concurrency", str(conc)],
                              capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -261,6 +266,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, nargs="+", default=[1], help="--compare: judge.processes to run")
     ap.add_argument("--distilabel-python", help="--compare: a python with distilabel==1.5.3 (see above)")
     ap.add_argument("--scale", type=int, metavar="PROMPTS", help="one rlaif judge of PROMPTS x 4 score calls")
+    ap.add_argument("--response-chars", type=int, default=0, help="--scale: responses of about this many characters")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--calls", type=int, help=argparse.SUPPRESS)
@@ -273,7 +279,7 @@ def main() -> None:
     if args.compare or args.scale:
         with FakeJudgeServer(api_key="sk-bench", policy="hash") as srv:
             res = compare(srv, args.compare, args.processes, args.distilabel_python) if args.compare else \
-                [measure(srv, "rlaif", 4 * args.scale, p) for p in args.processes]
+                [measure(srv, "rlaif", 4 * args.scale, p, chars=args.response_chars) for p in args.processes]
         print(json.dumps(res, indent=1))
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))

@@ -25,11 +25,11 @@ import polars as pl
 
 from rlaif.config import RunConfig
 from rlaif.errors import BudgetExceeded, JudgeIncomplete, JudgeUnreliable, UserError
-from rlaif.io import JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, read_parquet_checked, write_json
-from rlaif.judge.candidates import read_candidates, split_inputs
+from rlaif.io import JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, scan_parquet_checked, write_json
+from rlaif.judge.candidates import scan_candidates, split_inputs
 from rlaif.judge.pairs.rank import rank_round
 from rlaif.judge.trust.audit import build_report, print_report
-from rlaif.judge.session import JudgeSession
+from rlaif.judge.session import JudgeSession, Plan
 
 MANIFEST = "judge.manifest.json"
 
@@ -63,14 +63,19 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
     for stale in ("meta-judgments.parquet", "meta-pairs.parquet"):  # judge.meta writes them anew, or nobody
         (rdir / stale).unlink(missing_ok=True)
-    cands = read_candidates(rdir)
+    # The candidates stay a lazy scan: the pair sources get the accepted rows as one frame, dropped
+    # once sent; the report and the filter read the round's files with polars' streaming engine
+    # (issue 22, item 5: peak memory flat in the number of calls).
+    cands = scan_candidates(rdir)
     accepted, rejected = split_inputs(cands, j)
+    accepted = accepted.collect(engine="streaming")
     js = JudgeSession(cfg, j.ledger or rdir / "judge-ledger.sqlite")
     js.runner.submit_only = submit_only
     plan: list = []
     deferred = False
     try:
         plan, identical = judge_round(js, cfg, accepted)
+        del accepted
         deferred = js.runner.deferred > 0  # submit-only: batches in flight, nothing to write yet
     finally:
         try:
@@ -82,12 +87,15 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
             js.close()
     if deferred:
         return submitted(js, rdir)
-    # the report reads the judgments without their texts; its few rationale samples are read lazily
-    judgments = read_parquet_checked(rdir / "judgments.parquet", JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)
-    report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments),
+    # the report streams the judgments without their texts; its few rationale samples are read lazily
+    judgments = scan_parquet_checked(rdir / "judgments.parquet", JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)
+    rows = judgments.select(pl.len()).collect().item()
+    report = build_report(cfg, judgments, cands, rejected, js, identical, pending(plan, judgments),
                           texts=pl.scan_parquet(rdir / "judgments.parquet"))
     if js.runner.batch and js.runner.admission:
         report["batch_admission"] = admission_report(js.runner)
+    if getattr(js, "tiebreak", None):  # judge.backend=verifier: what the LLM tiebreak decided (pairs/tiebreak.py)
+        report["tiebreak"] = js.tiebreak
     if getattr(js, "meta", None):
         report["meta"] = js.meta
         report["pending_calls"] += js.meta["pending_calls"]
@@ -97,11 +105,18 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     write_json(rdir / MANIFEST, {"stage": "judge", "round": cfg.round, "judge_id": js.judge_id,
                                  "judge_model": js.model, "judge_adapter": js.adapter, "judged_by": report["judged_by"],
                                  "calls": report["calls"], "pending_calls": 0,
-                                 "judgments": judgments.height, "rubric": report["rubric"],
+                                 "judgments": rows, "rubric": report["rubric"],
                                  "wall_s": round(time.perf_counter() - t0, 3)})
     from rlaif.judge.pairs.filter import run as run_filter
 
     return run_filter(cfg)
+
+
+def pending(plan, judgments: pl.LazyFrame) -> int:
+    """Planned calls with no judgment (JudgeSession.pending, with the judgments' keys counted by a
+    streaming pass instead of held)."""
+    planned = (plan if isinstance(plan, Plan) else Plan(plan)).frame()["key"].n_unique()
+    return planned - judgments.select(pl.col("key").n_unique()).collect(engine="streaming").item()
 
 
 def submitted(js: JudgeSession, rdir: Path) -> Path:

@@ -8,6 +8,9 @@ comparisons through named filters in a fixed order. A comparison is removed by t
 it fails, so the card adds up: comparisons_in == kept + sum(removed). Writes pairs.parquet, then
 pairs.card.json last. Filtering is cheap, so the stage always recomputes. Polars expressions
 only, no Python loop over rows: 1M comparisons take 1-2 s on 2 CPU cores (bench/filter.py).
+`rlaif filter` reads the round's files as lazy scans on polars' streaming engine and gathers the
+kept pairs' texts a slice at a time (write_pairs), so its memory does not grow with the round's
+candidates (issue 22, item 5); revise and meta rounds go through filter_pairs whole.
 """
 from __future__ import annotations
 
@@ -17,32 +20,39 @@ import polars as pl
 
 from rlaif.config import FilterConfig, RunConfig
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, write_json, write_parquet
+from rlaif.io import (CANDIDATES_SCHEMA, JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked,
+                      scan_parquet_checked, write_json, write_parquet, write_parquet_chunks)
 from rlaif.judge.pairs.compare import checklist_items, checklist_weights, compare
+from rlaif.judge.templates import TEXT_KINDS
 
+PAIR_SLICE = 5_000  # kept pairs whose texts are read and written at a time (write_pairs): ~20 MB at 2 KB a reply
 FILTERS = ("invalid", "tie", "inconsistent", "truncated", "empty", "identical", "low_margin", "length_ratio",
            "length_balance")
 C = pl.col
 
 
-def _candidates(candidates: pl.DataFrame) -> pl.LazyFrame:
+def _candidates(candidates: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """The per-candidate columns the filters need; text and messages are gathered for kept rows only."""
     # Runs of whitespace -> one space. `\s{2,}|[^\S ]` rewrites only what changes, not every single
     # space as `\s+` would: the same result, ~3x faster on long responses. The 64-bit hash of the
     # result stands in for it in the join (a false "identical" has odds of 2**-64 per pair).
     norm = C("response").fill_null("").str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
-    return candidates.lazy().select("candidate_id", "num_tokens", cut=(C("finish_reason") == "length").fill_null(False),
-                                    blank=norm == "", h=norm.hash(seed=0), i=pl.int_range(pl.len(), dtype=pl.UInt32))
+    return candidates.lazy().with_row_index("i").select(
+        "candidate_id", "num_tokens", cut=(C("finish_reason") == "length").fill_null(False), blank=norm == "",
+        h=norm.hash(seed=0), i="i")
 
 
-def _join(comp: pl.DataFrame, candidates: pl.DataFrame) -> pl.DataFrame:
+def _join(comp: pl.DataFrame, candidates: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """comp with each side's per-candidate columns (c_*, r_*); candidates: a frame or a lazy scan,
+    whose texts are then hashed as they stream by, never held."""
     cands = _candidates(candidates)
     side = lambda s: cands.rename(lambda c: f"{s}_{c}")  # noqa: E731
     df = (comp.lazy().join(side("c"), left_on="chosen_id", right_on="c_candidate_id", how="left")
           .join(side("r"), left_on="rejected_id", right_on="r_candidate_id", how="left")
           .with_row_index("idx").collect(engine="streaming"))
     if len(df) != len(comp):  # only a duplicated candidate_id can add rows to a left join
-        dup = candidates.filter(C("candidate_id").is_duplicated())["candidate_id"]
+        dup = (candidates.lazy().select("candidate_id").filter(C("candidate_id").is_duplicated())
+               .collect()["candidate_id"])
         raise UserError(f"candidates: candidate_id {dup[0]!r} appears more than once "
                         f"({dup.n_unique()} such id(s)); the candidate shards are corrupt or mixed from two runs")
     for s, col in (("c", "chosen_id"), ("r", "rejected_id")):
@@ -117,13 +127,25 @@ def filter_pairs(judgments: pl.DataFrame, candidates: pl.DataFrame, cfg: FilterC
 
         comp, candidates = RP.comparisons(judgments, candidates, revisions, weights)
         names, schema = FILTERS + RP.FILTERS, RP.PAIRS_OUT
-    df = _join(compare(judgments, weights) if comp is None else comp, candidates).with_columns(reason=_reason(cfg))
-    if revisions is not None:  # a revision's own removal (unchanged, not better, ...) comes first
-        df = df.with_columns(reason=pl.coalesce("pre", "reason"))
-    if cfg.balance_length:
-        df = _balance(df, cfg.chosen_longer_share)
-    counts = dict(df.group_by("reason").len().iter_rows())
+    df = _decide(compare(judgments, weights) if comp is None else comp, candidates, cfg)
     pairs = _pairs(df.filter(C("reason").is_null()), candidates, round_, schema)
+    card = _card(df, pairs, names, cfg)
+    if revisions is not None:
+        card["sources"] = RP.by_source(df, pairs, judgments, revisions, names)
+    return pairs, card
+
+
+def _decide(comp: pl.DataFrame, candidates: pl.DataFrame | pl.LazyFrame, cfg: FilterConfig) -> pl.DataFrame:
+    """Every comparison with the first filter it fails (reason; null: kept), texts aside."""
+    df = _join(comp, candidates).with_columns(reason=_reason(cfg))
+    if "pre" in df.columns:  # a revision's own removal (unchanged, not better, ...) comes first
+        df = df.with_columns(reason=pl.coalesce("pre", "reason"))
+    return _balance(df, cfg.chosen_longer_share) if cfg.balance_length else df
+
+
+def _card(df: pl.DataFrame, pairs: pl.DataFrame, names: tuple, cfg: FilterConfig) -> dict:
+    """pairs: the kept pairs' chosen_tokens, rejected_tokens and margin, in pairs.parquet's order."""
+    counts = dict(df.group_by("reason").len().iter_rows())
     card = {
         "comparisons_in": len(df),
         "removed": {name: int(counts.get(name, 0)) for name in names},
@@ -133,14 +155,13 @@ def filter_pairs(judgments: pl.DataFrame, candidates: pl.DataFrame, cfg: FilterC
         "mean_margin": float(pairs["margin"].mean()) if pairs["margin"].count() else None,  # unconfirmed: null
         "config": cfg.model_dump(),
     }
-    if revisions is not None:
-        card["sources"] = RP.by_source(df, pairs, judgments, revisions, names)
     if card["comparisons_in"] != card["kept"] + sum(card["removed"].values()):  # every row accounted for
         raise AssertionError(f"filter: counts do not add up: {card}")
-    return pairs, card
+    return card
 
 
-def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _inputs(cfg: RunConfig) -> tuple[Path, list[Path]]:
+    """judgments.parquet of a finished judge and the candidate shards, or one line saying what is missing."""
     rdir = cfg.round_dir()
     jpath = rdir / "judgments.parquet"
     if not jpath.exists():
@@ -151,8 +172,7 @@ def _read(cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     parts = sorted((rdir / "candidates").glob("part-*.parquet"))
     if not parts:
         raise UserError(f"{rdir / 'candidates'}: no candidate shards; run `rlaif generate` first")
-    return (read_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW),  # no texts: unused here
-            read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates"))
+    return jpath, parts
 
 
 def _why_unfinished(rdir: Path) -> str:
@@ -178,18 +198,80 @@ def with_judge_pairs(rdir: Path, pairs: pl.DataFrame, card: dict) -> tuple[pl.Da
     return out, {**card, "kinds": {"actor": pairs.height, "judge": jp.height}}
 
 
-def run(cfg: RunConfig) -> Path:
-    """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
-    judgments, candidates = _read(cfg)
-    weights = checklist_weights(cfg.judge)
-    rdir = cfg.round_dir()
+def write_pairs(path: Path, judgments: pl.LazyFrame, candidates: pl.LazyFrame, cfg: FilterConfig, round_: int,
+                weights: dict[str, float] | None = None) -> dict:
+    """filter_pairs for a ranked round, streamed (issue 22, item 5): compare and the joins run on
+    polars' streaming engine over the round's files, and the kept pairs' texts are read and written
+    PAIR_SLICE pairs at a time. The same pairs in the same order, and the same card. Returns the card."""
+    df = _decide(compare(judgments, weights), candidates, cfg)
+    kept = (df.filter(C("reason").is_null()).sort("prompt_id", "chosen_id", "rejected_id")
+            .select("prompt_id", "chosen_id", "rejected_id", "margin", "consistent", "c_i", "r_i",
+                    "c_num_tokens", "r_num_tokens"))
+    card = _card(df, kept.select("margin", chosen_tokens="c_num_tokens", rejected_tokens="r_num_tokens"), FILTERS, cfg)
+    del df
+    slices = (_slice_pairs(kept.slice(i, PAIR_SLICE), candidates, round_) for i in range(0, kept.height, PAIR_SLICE))
+    if kept.height > PAIR_SLICE:  # a row group per slice (polars' writer would want the whole frame)
+        write_parquet_chunks(path, slices, PAIRS_SCHEMA)
+    else:  # one frame, written as filter_pairs' pairs are: the same file byte for byte
+        write_parquet(path, _slice_pairs(kept, candidates, round_), PAIRS_SCHEMA)
+    return card
+
+
+def _slice_pairs(kept: pl.DataFrame, candidates: pl.LazyFrame, round_: int) -> pl.DataFrame:
+    """_pairs for a slice of kept comparisons: only the candidate rows they name are kept from the scan
+    (by id, which _join found unique)."""
+    need = pl.concat([kept["chosen_id"], kept["rejected_id"]]).unique()
+    rows = (candidates.filter(C("candidate_id").is_in(need.implode())).select("candidate_id", "messages", "response")
+            .collect(engine="streaming"))
+    if not kept.height:  # (polars 2.1's replace_strict with an empty mapping returns strings, cast or not)
+        return _pairs(kept, rows, round_)
+    at = pl.Series(range(rows.height), dtype=pl.UInt32)  # positions in `rows`, as _pairs gathers them
+    pos = lambda col: C(col).replace_strict(rows["candidate_id"], at)  # noqa: E731
+    return _pairs(kept.with_columns(c_i=pos("chosen_id"), r_i=pos("rejected_id")), rows, round_)
+
+
+def _in_memory(cfg: RunConfig, jpath: Path, parts: list[Path], weights: dict[str, float], path: Path) -> dict:
+    """Rounds with revise pairs (pairs.source revise|both) or Meta-Rewarding's judge pairs: the
+    judgments and candidates held whole, as filter_pairs takes them."""
     from rlaif.judge.pairs.revise_pairs import read as read_revisions
 
+    rdir = cfg.round_dir()
+    judgments = read_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)  # no texts: unused here
+    candidates = read_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates")
     revisions = read_revisions(rdir, judgments)  # pairs.source revise|both
     pairs, card = filter_pairs(judgments, candidates, cfg.filter, cfg.round, weights, revisions)
     if cfg.judge.meta:  # Meta-Rewarding's judge pairs beside the actor pairs, counted apart (pairs/meta.py)
         pairs, card = with_judge_pairs(rdir, pairs, card)
-    path = write_parquet(rdir / "pairs.parquet", pairs, pairs.schema)
+    write_parquet(path, pairs, pairs.schema)
+    return card
+
+
+def by_source(path: Path, judgments: pl.LazyFrame, tiebreak: bool) -> dict[str, int]:
+    """judge.backend=verifier: kept pairs from the checks' scores, and (with judge.tiebreak) from the
+    tiebreak judge, whose pairwise calls exist only for the prompts the checks scored alike
+    (rlaif/judge/pairs/tiebreak.py), so a pair's prompt says which decided it."""
+    kept = pl.scan_parquet(path).select("prompt_id")
+    tied = judgments.filter(C("kind") == "pairwise").select("prompt_id").unique()
+    n = kept.select(pl.len()).collect().item()
+    by_tiebreak = kept.join(tied, on="prompt_id", how="semi").select(pl.len()).collect(engine="streaming").item()
+    return {"verifier": n - by_tiebreak, **({"tiebreak": by_tiebreak} if tiebreak else {})}
+
+
+def run(cfg: RunConfig) -> Path:
+    """The `rlaif filter` stage: writes pairs.parquet, then pairs.card.json; returns the pairs path."""
+    jpath, parts = _inputs(cfg)
+    weights = checklist_weights(cfg.judge)
+    rdir = cfg.round_dir()
+    path = rdir / "pairs.parquet"
+    judgments = scan_parquet_checked(jpath, JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)
+    kinds = judgments.select(C("kind").unique()).collect(engine="streaming")["kind"]
+    if cfg.judge.meta or kinds.is_in(TEXT_KINDS).any():  # critiques in the judgments: revise pairs
+        card = _in_memory(cfg, jpath, parts, weights, path)
+    else:
+        card = write_pairs(path, judgments, scan_parquet_checked(parts, CANDIDATES_SCHEMA, "candidates"),
+                           cfg.filter, cfg.round, weights)
+    if cfg.judge.backend == "verifier":  # kept pairs by who decided them: the checks, or the tiebreak judge
+        card["by_source"] = by_source(path, judgments, cfg.judge.tiebreak is not None)
     write_json(rdir / "pairs.card.json", {"stage": "filter", "round": cfg.round, **card,
                                           "checklist": checklist_items(cfg.judge)})
     n = max(card["comparisons_in"], 1)
@@ -200,6 +282,8 @@ def run(cfg: RunConfig) -> Path:
     print(f"  {'kept':<20}{card['kept']:>10}{card['kept'] / n:>9.1%}")
     if "kinds" in card:
         print(f"  judge pairs (judge.meta): {card['kinds']['judge']}, beside {card['kinds']['actor']} actor pairs")
+    if "by_source" in card:
+        print("  kept by source: " + ", ".join(f"{k} {v}" for k, v in card["by_source"].items()))
     for src, sc in card.get("sources", {}).items():  # pairs.source both: each source apart
         rate = sc.get("confirmation_rate")
         print(f"  {src}: {sc['comparisons_in']} comparisons -> {sc['kept']} pairs, {sc['calls']} calls"

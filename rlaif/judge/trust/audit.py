@@ -12,19 +12,30 @@ def _rate(mask: pl.Series) -> float | None:
     return float(mask.mean()) if len(mask) else None
 
 
-def position_stats(pw: pl.DataFrame) -> dict:
+def _streamed(lf: pl.LazyFrame) -> pl.DataFrame:
+    return lf.collect(engine="streaming")
+
+
+def position_stats(pw: pl.DataFrame | pl.LazyFrame) -> dict:
+    """Both orders of a comparison agree; the first slot's share of decisive verdicts (a frame or a
+    lazy scan of pairwise judgments: the aggregates are counts, so any summation order gives them)."""
+    pw = pw.lazy()
     both = (pw.filter(pl.col("verdict") != "invalid").group_by("prompt_id", "a_id", "b_id")
             .agg(pl.col("verdict").n_unique().alias("distinct"), pl.len().alias("n")).filter(pl.col("n") == 2))
-    decisive = pw.filter(pl.col("verdict").is_in(["a", "b"]))
     first_won = ((pl.col("order") == "ab") & (pl.col("verdict") == "a")) | ((pl.col("order") == "ba") & (pl.col("verdict") == "b"))
-    return {"position_consistency": _rate(both["distinct"] == 1), "comparisons_both_orders_valid": both.height,
-            "first_slot_win_rate": _rate(decisive.select(first_won).to_series())}
+    agree, n = _streamed(both.select((pl.col("distinct") == 1).mean(), pl.len())).row(0)
+    first = _streamed(pw.filter(pl.col("verdict").is_in(["a", "b"])).select(first_won.mean())).item()
+    return {"position_consistency": agree, "comparisons_both_orders_valid": n,
+            "first_slot_win_rate": None if first is None else float(first)}
 
 
-def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
-    tokens = cands.select("candidate_id", "num_tokens")
-    d = (pw.filter(pl.col("verdict").is_in(["a", "b"]))
-         .join(tokens.rename({"candidate_id": "a_id", "num_tokens": "len_a"}), on="a_id")
+def length_stats(pw: pl.DataFrame | pl.LazyFrame, cands: pl.DataFrame | pl.LazyFrame) -> dict:
+    # The decisive calls' ids only, in file order (the fit below sums in row order), and the token
+    # counts only when there is one: a score-only round reads no candidates here.
+    dec = _streamed(pw.lazy().filter(pl.col("verdict").is_in(["a", "b"])).select("a_id", "b_id", "verdict"))
+    tokens = cands.lazy().select("candidate_id", "num_tokens")
+    tokens = (tokens if dec.height else tokens.head(0)).collect()
+    d = (dec.join(tokens.rename({"candidate_id": "a_id", "num_tokens": "len_a"}), on="a_id")
          .join(tokens.rename({"candidate_id": "b_id", "num_tokens": "len_b"}), on="b_id"))
     unequal = d.filter(pl.col("len_a") != pl.col("len_b"))
     longer_won = (pl.col("len_a") > pl.col("len_b")) == (pl.col("verdict") == "a")
@@ -37,13 +48,30 @@ def length_stats(pw: pl.DataFrame, cands: pl.DataFrame) -> dict:
             "length_coef_reason": reason, "decisive_calls": d.height}
 
 
-def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: dict, js, identical_skipped: int,
-                 pending: int, texts: pl.LazyFrame | None = None) -> dict:
-    """judge-report.json. judgments may lack the text columns; texts (a lazy scan of the full
-    judgments) then gives the rationale samples."""
+def totals(judgments: pl.LazyFrame) -> dict:
+    """The report's counts over all judgments in one streaming pass (issue 22, item 5); the cost is
+    summed over the collected column, as an eager frame sums it (a streamed float sum adds in
+    another order and can differ in the last bit)."""
+    verdict, C = pl.col("verdict"), pl.col
+    t = _streamed(judgments.select(
+        rows=pl.len(), prompts=C("prompt_id").n_unique(), calls=C("key").n_unique(),
+        input_tokens=C("input_tokens").sum(), output_tokens=C("output_tokens").sum(),
+        invalid_calls=(verdict == "invalid").sum(), invalid_rate=(verdict == "invalid").mean(),
+        kinds=C("kind").unique().implode(), versions=C("template_version").drop_nulls().unique().implode())).row(0, named=True)
+    t["cost_usd"] = float(_streamed(judgments.select("cost_usd"))["cost_usd"].sum())
+    return t
+
+
+def build_report(cfg, judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFrame | pl.LazyFrame, rejected: dict,
+                 js, identical_skipped: int, pending: int, texts: pl.LazyFrame | None = None) -> dict:
+    """judge-report.json. judgments and cands: frames, or lazy scans of the round's files (the
+    stage's way: nothing here then holds a whole table, issue 22, item 5). judgments may lack the
+    text columns; texts (a lazy scan of the full judgments) then gives the rationale samples."""
     j, runner, model = cfg.judge, js.runner, js.model
+    judgments, cands = judgments.lazy(), cands.lazy()
+    t = totals(judgments)
     pw = judgments.filter(pl.col("kind") == "pairwise")
-    prompts = judgments["prompt_id"].n_unique()
+    n_cands = _streamed(cands.select(pl.len())).item()
     stats = runner.stats
     backend = runner.backend
     gov = getattr(backend, "governor", None)  # openai backend with judge.rpm/tpm set
@@ -56,47 +84,51 @@ def build_report(cfg, judgments: pl.DataFrame, cands: pl.DataFrame, rejected: di
         "rubric": js.spec.rubric_id if j.backend != "reward_model" else {"source": "reward model", "sha256": "-",
                                                                           "first_line": "its own learned reward"},
         "explain": j.explain, "verdicts": j.verdicts,
-        "template_versions": sorted(set(judgments["template_version"].drop_nulls())),
+        "template_versions": sorted(set(t["versions"])),
         # the judge's weights are this round's sampling policy's: round 0's is the SFT model, round
         # k's the SFT model plus round k-1's adapter (judge.model=policy); a frozen SFT judge of round
         # k >= 1 is not self-judging
         "self_judging": j.model == "policy" or (cfg.round == 0 and model in (cfg.model, _resolved(cfg.model))),
-        "inputs": {"candidates_in": cands.height, "accepted": cands.height - sum(rejected.values()),
+        "inputs": {"candidates_in": n_cands, "accepted": n_cands - sum(rejected.values()),
                    "rejected": rejected},
-        "calls": judgments["key"].n_unique(), "calls_per_prompt": judgments.height / prompts if prompts else None,
+        "calls": t["calls"], "calls_per_prompt": t["rows"] / t["prompts"] if t["prompts"] else None,
         "calls_made_this_run": stats["calls_made"], "retries_this_run": stats["retries"],
         "errors_this_run": stats["errors"], "pending_calls": pending,
         "identical_pairs_skipped": identical_skipped,
-        "input_tokens": int(judgments["input_tokens"].sum()), "output_tokens": int(judgments["output_tokens"].sum()),
-        "cost_usd": float(judgments["cost_usd"].sum()), "ledger_cost_usd": runner.cost,
+        "input_tokens": int(t["input_tokens"]), "output_tokens": int(t["output_tokens"]),
+        "cost_usd": t["cost_usd"], "ledger_cost_usd": runner.cost,
         "calls_per_s": stats["calls_made"] / stats["seconds"] if stats["seconds"] else None,
         "seconds_this_run": round(stats["seconds"], 3),
         "batch": getattr(backend, "stats", None) if getattr(runner, "batch", False) else None,
         "backend_stats": backend.stats() if callable(getattr(backend, "stats", None)) else None,
-        "invalid_rate": _rate(judgments["verdict"] == "invalid"),
-        "invalid_calls": int((judgments["verdict"] == "invalid").sum()),
+        "invalid_rate": None if t["invalid_rate"] is None else float(t["invalid_rate"]),
+        "invalid_calls": int(t["invalid_calls"]),
         "rationales": rationale_samples(judgments if texts is None else texts),
-        "checklist_items": checklist_stats(judgments, checklist_weights(js.j)) if (judgments["kind"] == "checklist").any()
-        else None,
+        "checklist_items": checklist_stats(judgments, checklist_weights(js.j)) if "checklist" in t["kinds"] else None,
         **position_stats(pw), **length_stats(pw, cands), **extra,
-        "single_length": single_length_stats(judgments, cands, checklist_weights(js.j)),
+        "single_length": single_length_stats(judgments, cands, checklist_weights(js.j), t["kinds"]),
     }
 
 
-def single_length_stats(judgments: pl.DataFrame, cands: pl.DataFrame, weights: dict[str, float]) -> dict | None:
+def single_length_stats(judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFrame | pl.LazyFrame,
+                        weights: dict[str, float], kinds: list[str] | None = None) -> dict | None:
     """The length audit of judges that score candidates alone (rubric scores, checklists, reward
     models): over each prompt's best- vs worst-scored candidate of unequal length, how often the
-    longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length."""
-    single = judgments.filter(pl.col("kind").is_in(["score", "checklist", "reward"]))
-    if single.is_empty():
+    longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length.
+    kinds: the judgments' kinds, when known (else looked up)."""
+    single_kinds = ["score", "checklist", "reward"]
+    single = judgments.lazy().filter(pl.col("kind").is_in(single_kinds))
+    if kinds is None:
+        kinds = _streamed(judgments.lazy().select(pl.col("kind").unique()))["kind"].to_list()
+    if not set(kinds) & set(single_kinds):
         return None
-    comp = compare(single, weights).filter(pl.col("outcome") == "label")
-    tokens = cands.select("candidate_id", "num_tokens")
+    comp = compare(single, weights).filter(pl.col("outcome") == "label").lazy()
+    tokens = cands.lazy().select("candidate_id", "num_tokens")
     d = (comp.join(tokens.rename({"candidate_id": "chosen_id", "num_tokens": "lc"}), on="chosen_id")
          .join(tokens.rename({"candidate_id": "rejected_id", "num_tokens": "lr"}), on="rejected_id")
          .filter(pl.col("lc") != pl.col("lr")))
-    return {"longer_scored_higher_rate": _rate(d.select(pl.col("lc") > pl.col("lr")).to_series()),
-            "comparisons": d.height}
+    rate, n = _streamed(d.select((pl.col("lc") > pl.col("lr")).mean(), pl.len())).row(0)
+    return {"longer_scored_higher_rate": rate, "comparisons": n}
 
 
 def rationale_samples(judgments: pl.DataFrame | pl.LazyFrame, n: int = 3) -> list[dict]:
@@ -109,10 +141,12 @@ def rationale_samples(judgments: pl.DataFrame | pl.LazyFrame, n: int = 3) -> lis
              "rationale": x["rationale"][:600]} for x in r.iter_rows(named=True)]
 
 
-def checklist_stats(judgments: pl.DataFrame, weights: dict[str, float]) -> list[dict]:
+def checklist_stats(judgments: pl.DataFrame | pl.LazyFrame, weights: dict[str, float]) -> list[dict]:
     """Per checklist item: mean P(yes) over all candidates, and over each prompt's best and worst
     candidate by the weighted score the filter ranks by: which items separate chosen from rejected."""
-    ck = judgments.filter((pl.col("kind") == "checklist") & (pl.col("verdict") != "invalid"))
+    # collected, then grouped in memory: a streamed float mean adds in another order (the last bit moves)
+    ck = _streamed(judgments.lazy().filter((pl.col("kind") == "checklist") & (pl.col("verdict") != "invalid"))
+                   .select("prompt_id", "a_id", "item", "score_a"))
     w = pl.col("item").replace_strict(weights, default=1.0, return_dtype=pl.Float64)
     per = ck.group_by("prompt_id", "a_id").agg(total=(pl.col("score_a") * w).sum() / w.sum())
     ranked = per.sort(["total", "a_id"], descending=[True, False]).group_by("prompt_id", maintain_order=True).agg(
