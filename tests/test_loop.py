@@ -117,7 +117,8 @@ def test_kill_9_at_a_random_stage_then_rerun_matches(clean_run, tmp_path, tiny_m
     """Kill the whole run (the parent and its stage process) at a random moment, then rerun."""
     killed = tmp_path / "killed"
     seed = kill_seed()
-    delay = random.Random(seed).uniform(0.1, 0.85) * clean_run[1].seconds
+    # at most 0.6 of the clean run: a loaded machine runs the two at different speeds (CI saw 0.85 land late)
+    delay = random.Random(seed).uniform(0.1, 0.6) * clean_run[1].seconds
     proc = subprocess.Popen([sys.executable, "-m", "rlaif", *_args(killed, tiny_model)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

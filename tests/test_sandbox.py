@@ -155,7 +155,9 @@ def test_namespace_root_cannot_undo_the_read_only_mounts(monkeypatch):
     """The user-namespace plan (a non-root user's): its root keeps no capability to remount."""
     monkeypatch.setattr(probe, "_probe", lambda: (spawn.Plan(ns=True, userns=True, drop_uid=False),
                                                   {"network": "namespace"}))
-    target = Path(__file__).resolve().parents[1] / f"rlaif-pwned-{uuid.uuid4().hex}"
+    # /etc: read-only in the sandbox and writable by the host's root, wherever the checkout lies (a
+    # checkout under /tmp or the run's directory is a private tmpfs in the sandbox: a write there lands nowhere)
+    target = Path("/etc") / f"rlaif-pwned-{uuid.uuid4().hex}"
     code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"  # MS_REMOUNT|MS_BIND|MS_RELATIME
             "print('remount', libc.mount(None, b'/', None, 32 | 4096 | 2 ** 21, None))\n"
             f"open({str(target)!r}, 'w').write('x')\n")
