@@ -34,9 +34,11 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tupl
         if j.mode == "pairwise" and js.score_kind == "score":  # best_vs_worst picks its pairs by score
             scores = js.results(part)
         if j.tiebreak is not None and not js.runner.stopped:  # verifier: an LLM decides where checks tie
-            from rlaif.judge.pairs.tiebreak import tiebreak_round
+            from rlaif.judge.pairs.tiebreak import tiebreak_round, tied_prompts
 
-            tb, identical, js.tiebreak = tiebreak_round(js, cfg, accepted, js.results(part))
+            tied = tied_prompts(js.results(part))  # every two distinct texts of a tied prompt, none by score
+            comps, identical = plan_pairs(cfg, accepted.filter(pl.col("prompt_id").is_in(sorted(tied))), None)
+            tb, js.tiebreak = tiebreak_round(js, cfg, accepted, tied, comps)
             plan += tb
     if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
         comps, identical = plan_pairs(cfg, accepted, scores)

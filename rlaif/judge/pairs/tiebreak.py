@@ -11,11 +11,9 @@ them, the others best vs worst by the checks' score). The filter card counts kep
 """
 from __future__ import annotations
 
-from itertools import combinations
-
 import polars as pl
 
-from rlaif.judge.session import JudgeSession, Plan, same_text, send_all
+from rlaif.judge.session import JudgeSession, Plan, send_all
 
 
 def tied_prompts(scores: pl.DataFrame) -> set[str]:
@@ -25,29 +23,13 @@ def tied_prompts(scores: pl.DataFrame) -> set[str]:
     return set(g.filter((pl.col("n") >= 2) & (pl.col("hi") == pl.col("lo")))["prompt_id"].to_list())
 
 
-def comparisons(accepted: pl.DataFrame, tied: set[str]) -> tuple[list, int]:
-    """(prompt_id, a, b) for every pair of distinct texts among a tied prompt's candidates (identical
-    texts counted, never sent)."""
-    out, identical = [], 0
-    rows = accepted.filter(pl.col("prompt_id").is_in(sorted(tied))).sort("prompt_id", "candidate_id")
-    for pid, grp in rows.group_by("prompt_id", maintain_order=True):
-        texts = dict(zip(grp["candidate_id"], grp["response"]))
-        for a, b in combinations(sorted(texts), 2):
-            if same_text(texts[a], texts[b]):
-                identical += 1
-            else:
-                out.append((pid[0], (a, texts[a]), (b, texts[b])))
-    return out, identical
-
-
-def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, scores: pl.DataFrame) -> tuple[Plan, int, dict]:
-    """Send the tiebreak judge's pairwise calls for the tied prompts; (plan, identical, stats). Its calls
-    go to the verifier's ledger, keyed on the tiebreak judge's own identity."""
-    tied = tied_prompts(scores)
-    comps, identical = comparisons(accepted, tied)
+def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, tied: set[str], comps: list) -> tuple[Plan, dict]:
+    """Send the tiebreak judge's pairwise calls for the tied prompts' comparisons (rank.plan_pairs: every
+    two distinct texts); (plan, stats). Its calls go to the verifier's ledger, keyed on the tiebreak
+    judge's own identity."""
     stats = {"tied_prompts": len(tied), "comparisons": len(comps), "calls": 2 * len(comps)}
     if not comps:
-        return Plan(), identical, stats
+        return Plan(), stats
     tcfg = cfg.model_copy(update={"judge": cfg.judge.tiebreak})
     chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
     with JudgeSession(tcfg, js.ledger.path) as tj:
@@ -56,4 +38,4 @@ def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, scores: pl.Dat
         stats.update(judge=tj.model, judge_id=tj.judge_id, stopped=tj.runner.stopped or None)
         if tj.runner.stopped:  # a budget cap: the verifier's session reports it and the stage stops
             js.runner.stopped = tj.runner.stopped
-    return plan, identical, stats
+    return plan, stats
