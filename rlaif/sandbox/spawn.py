@@ -200,11 +200,35 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    # unshare --kill-child turns this into the end of the whole pid namespace
+    """End the program and everything it started, and return only once they are gone.
+
+    The launcher's own child is the pid namespace's init (the stub). Killing it first makes the
+    kernel kill the rest of the namespace, and the init's exit waits until every process in it is
+    reaped (pid_namespaces(7)); `unshare`, waiting on it, exits only after that. Killing the whole
+    group at once instead lets `unshare` exit while the namespace is still being emptied, so a
+    fork bomb's processes could outlive this call by a moment. The group kill after it takes
+    whatever remains (no namespace: the program's group)."""
+    if proc.poll() is None:
+        for pid in _children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _read_status(fd: int, raw: Raw) -> None:
