@@ -190,3 +190,40 @@ def test_a_budget_stops_two_processes_together_and_a_rerun_finishes(server, refe
     stage.run(config(tmp_path, server, "judge.processes=2"))
     assert key_of_frame(judgments(tmp_path)).equals(reference)
     assert server.stats()["requests"] == CALLS  # the rerun paid only for the missing calls
+
+
+def test_score_calls_read_the_candidates_a_slice_at_a_time(server, tmp_path, monkeypatch):
+    """judge.mode=score from the stage's lazy scan: no frame of more than STREAM_ROWS candidates is ever
+    collected, and the calls and judgments are those of the candidates passed as one frame."""
+    import polars as pl
+
+    from rlaif.judge.candidates import scan_candidates, split_inputs
+    from rlaif.judge.pairs import rank
+    from rlaif.judge.session import JudgeSession
+
+    write_candidates(tmp_path, standard())
+    cfg = config(tmp_path, server, "judge.mode=score")
+    lazy, _ = split_inputs(scan_candidates(cfg.round_dir()), cfg.judge)
+    with JudgeSession(cfg, tmp_path / "ledger.sqlite") as js:
+        whole, _ = rank.rank_round(js, cfg, lazy.collect())
+        expect = js.results(whole)
+    seen, batches, real = [], [], pl.LazyFrame.collect_batches
+
+    def collect_batches(self, *a, **kw):
+        for b in real(self, *a, **kw):
+            batches.append(b.height)
+            yield b
+
+    real_collect = pl.LazyFrame.collect
+    monkeypatch.setattr(pl.LazyFrame, "collect", lambda self, *a, **kw: seen.append(r := real_collect(self, *a, **kw)) or r)
+    monkeypatch.setattr(pl.LazyFrame, "collect_batches", collect_batches)
+    monkeypatch.setattr(rank, "STREAM_ROWS", 5)
+    server.reset()
+    with JudgeSession(cfg, tmp_path / "ledger2.sqlite") as js:
+        plan, _ = rank.rank_round(js, cfg, lazy)
+        got = js.results(plan)
+    assert server.stats()["requests"] == 32  # 8 prompts x 4 candidates, each scored once
+    assert sum(batches) == 32 and max(batches) <= 5
+    assert all(f.height <= 5 for f in seen if "response" in f.columns)  # never the round whole
+    cols = ["key", "prompt_id", "a_id", "verdict", "score_a"]
+    assert got.select(cols).equals(expect.select(cols))

@@ -66,6 +66,10 @@ def test_pairs_come_from_executed_tests_and_the_tiebreak_decides_only_ties(scrip
     report = json.loads((rdir / "judge-report.json").read_text())
     assert report["tiebreak"]["tied_prompts"] == 2 and report["tiebreak"]["comparisons"] == 1
     assert report["identical_pairs_skipped"] >= 1
+    # what "better" meant is the checks, not a rubric no call saw; the length audit covers the verifier
+    assert report["rubric"]["source"] == "judge.checks" and report["rubric"]["first_line"].endswith(": solves")
+    # audited (None if not): p0's best and worst are of one length (a + b vs a - b), p1 and p2 tie
+    assert report["single_length"]["comparisons"] == 0
 
     # a rerun executes nothing and asks the tiebreak nothing: every outcome is read from the ledger
     rows = _ledger_rows(cfg)

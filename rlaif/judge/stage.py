@@ -34,20 +34,23 @@ from rlaif.judge.session import JudgeSession, Plan
 MANIFEST = "judge.manifest.json"
 
 
-def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[list, int]:
-    """This round's calls for pairs.source: ranking (pairs/rank.py), revising (pairs/revise.py) or both."""
+def judge_round(js: JudgeSession, cfg: RunConfig, accepted: pl.LazyFrame) -> tuple[list, int]:
+    """This round's calls for pairs.source: ranking (pairs/rank.py), revising (pairs/revise.py) or both.
+    Ranking reads the accepted candidates as it needs them (streamed for score, reward and verify
+    calls); revising and meta-judging take them as one frame."""
     revise = None
     if cfg.pairs.source != "rank":
         from rlaif.judge.pairs import revise
 
         revise.check(cfg)  # a bad setting is one line, before any call
-    plan, identical = rank_round(js, cfg, accepted) if cfg.pairs.source != "revise" else ([], 0)
+    whole = accepted.collect(engine="streaming") if revise or cfg.judge.meta else accepted
+    plan, identical = rank_round(js, cfg, whole) if cfg.pairs.source != "revise" else ([], 0)
     if revise and not js.runner.stopped:
-        plan += revise.revise_round(js, cfg, accepted)
+        plan += revise.revise_round(js, cfg, whole)
     if cfg.judge.meta and not js.runner.stopped:  # Meta-Rewarding: the judge's own pairs (pairs/meta.py)
         from rlaif.judge.pairs import meta
 
-        js.meta = meta.meta_round(js, cfg, accepted, cfg.round_dir())
+        js.meta = meta.meta_round(js, cfg, whole, cfg.round_dir())
     return plan, identical
 
 
@@ -63,12 +66,11 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     (rdir / MANIFEST).unlink(missing_ok=True)  # judged again: not done until this run says so
     for stale in ("meta-judgments.parquet", "meta-pairs.parquet"):  # judge.meta writes them anew, or nobody
         (rdir / stale).unlink(missing_ok=True)
-    # The candidates stay a lazy scan: the pair sources get the accepted rows as one frame, dropped
-    # once sent; the report and the filter read the round's files with polars' streaming engine
-    # (issue 22, item 5: peak memory flat in the number of calls).
+    # The candidates stay a lazy scan: ranking streams the accepted rows where its calls judge one
+    # candidate each (pairs/rank.py), the report and the filter read the round's files with polars'
+    # streaming engine (issue 22, item 5: peak memory flat in the number of calls).
     cands = scan_candidates(rdir)
     accepted, rejected = split_inputs(cands, j)
-    accepted = accepted.collect(engine="streaming")
     js = JudgeSession(cfg, j.ledger or rdir / "judge-ledger.sqlite")
     js.runner.submit_only = submit_only
     plan: list = []

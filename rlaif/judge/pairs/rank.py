@@ -15,20 +15,41 @@ from rlaif.config import RunConfig
 from rlaif.judge.session import JudgeSession, Plan, same_text, score_kind, send_all
 
 
-def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tuple[Plan, int]:
+STREAM_ROWS = 5000  # candidates read at a time when their calls are judged one by one
+
+
+def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.LazyFrame | pl.DataFrame) -> tuple[Plan, int]:
     """Send this round's calls (single-candidate first, then pairwise); returns (plan, identical).
     Calls are made as they are sent (a chunk at a time, rlaif/judge/runner.py) and the plan keeps
-    their keys only, so memory stays flat in the number of calls (issue 22, item 5)."""
-    j = cfg.judge
-    chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
+    their keys only, so memory stays flat in the number of calls (issue 22, item 5).
+
+    `accepted` may be a lazy scan (the judge stage's): score, reward and verify calls judge one
+    candidate each, so their candidates are read STREAM_ROWS at a time and never held whole. The
+    phases that need a prompt's candidates together collect what they need: pairwise comparisons
+    the round's rows, a checklist the prompts' chats, a tiebreak its tied prompts' rows."""
+    j, lazy = cfg.judge, accepted.lazy()
+    whole: list[pl.DataFrame] = []
+
+    def collected() -> pl.DataFrame:
+        if not whole:
+            whole.append(accepted if isinstance(accepted, pl.DataFrame) else lazy.collect(engine="streaming"))
+        return whole[0]
+
     plan, scores, identical = Plan(), None, 0
     single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
     if single:
-        items = js.checklists(chats) if js.score_kind == "checklist" else {}
-        rows = accepted.select("prompt_id", "candidate_id", "response").iter_rows()
-        calls = (c for pid, cid, text in rows for c in js.single(pid, chats[pid], (cid, text), items.get(pid)))
-        total = (sum(len(items[p]) for p in accepted["prompt_id"]) if js.score_kind == "checklist"
-                 else accepted.height)
+        if js.score_kind == "checklist":  # items per prompt (generated ones included), then one call per item
+            acc = collected()
+            chats = dict(zip(acc["prompt_id"], acc["messages"].to_list()))
+            items = js.checklists(chats)
+            rows = acc.select("prompt_id", "candidate_id", "response").iter_rows()
+            calls = (c for pid, cid, text in rows for c in js.single(pid, chats[pid], (cid, text), items[pid]))
+            total = sum(len(items[p]) for p in acc["prompt_id"])
+        else:
+            cols = lazy.select("prompt_id", "candidate_id", "response", "messages")
+            total = lazy.select(pl.len()).collect(engine="streaming").item()
+            calls = (c for batch in cols.collect_batches(chunk_size=STREAM_ROWS, engine="streaming")
+                     for pid, cid, text, chat in batch.iter_rows() for c in js.single(pid, chat, (cid, text)))
         part = send_all(js, calls, f"judge: {js.score_kind}", total)
         plan += part
         if j.mode == "pairwise" and js.score_kind == "score":  # best_vs_worst picks its pairs by score
@@ -36,12 +57,15 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.DataFrame) -> tupl
         if j.tiebreak is not None and not js.runner.stopped:  # verifier: an LLM decides where checks tie
             from rlaif.judge.pairs.tiebreak import tiebreak_round, tied_prompts
 
-            tied = tied_prompts(js.results(part))  # every two distinct texts of a tied prompt, none by score
-            comps, identical = plan_pairs(cfg, accepted.filter(pl.col("prompt_id").is_in(sorted(tied))), None)
-            tb, js.tiebreak = tiebreak_round(js, cfg, accepted, tied, comps)
+            tied = sorted(tied_prompts(js.results(part)))  # every two distinct texts of a tied prompt, none by score
+            rows = lazy.filter(pl.col("prompt_id").is_in(tied)).collect(engine="streaming")
+            comps, identical = plan_pairs(cfg, rows, None)
+            tb, js.tiebreak = tiebreak_round(js, cfg, rows, set(tied), comps)
             plan += tb
     if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
-        comps, identical = plan_pairs(cfg, accepted, scores)
+        acc = collected()
+        chats = dict(zip(acc["prompt_id"], acc["messages"].to_list()))
+        comps, identical = plan_pairs(cfg, acc, scores)
         pw = (c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b))
         plan += send_all(js, pw, "judge: pairwise", 2 * len(comps))
     return plan, identical

@@ -1,6 +1,9 @@
 """The bias audit: how far the judge's verdicts can be trusted, written to judge-report.json."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import polars as pl
 
 from rlaif.judge.pairs.compare import checklist_weights, compare
@@ -81,8 +84,7 @@ def build_report(cfg, judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFram
         "backend": j.backend, "mode": js.score_kind if js.score_kind != "score" else j.mode,
         "strategy": j.strategy if js.score_kind == "score" else "best_vs_worst",
         "judge_id": js.judge_id, "identity": js.identity,
-        "rubric": js.spec.rubric_id if j.backend != "reward_model" else {"source": "reward model", "sha256": "-",
-                                                                          "first_line": "its own learned reward"},
+        "rubric": rubric_of(js),
         "explain": j.explain, "verdicts": j.verdicts,
         "template_versions": sorted(set(t["versions"])),
         # the judge's weights are this round's sampling policy's: round 0's is the SFT model, round
@@ -110,13 +112,26 @@ def build_report(cfg, judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFram
     }
 
 
+def rubric_of(js) -> dict:
+    """What "better" meant to this judge: the rubric it was shown, or what stood in for one (a reward
+    model's learned reward; the verifier's checks, which no rubric reaches)."""
+    j = js.j
+    if j.backend == "reward_model":
+        return {"source": "reward model", "sha256": "-", "first_line": "its own learned reward"}
+    if j.backend == "verifier":
+        checks = {name: c.model_dump(exclude_defaults=True) for name, c in j.checks.items()}
+        return {"source": "judge.checks", "sha256": hashlib.sha256(json.dumps(checks, sort_keys=True).encode()).hexdigest()[:12],
+                "first_line": "checks run on each candidate: " + ", ".join(sorted(checks))}
+    return js.spec.rubric_id
+
+
 def single_length_stats(judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFrame | pl.LazyFrame,
                         weights: dict[str, float], kinds: list[str] | None = None) -> dict | None:
     """The length audit of judges that score candidates alone (rubric scores, checklists, reward
     models): over each prompt's best- vs worst-scored candidate of unequal length, how often the
     longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length.
     kinds: the judgments' kinds, when known (else looked up)."""
-    single_kinds = ["score", "checklist", "reward"]
+    single_kinds = ["score", "checklist", "reward", "verify"]
     single = judgments.lazy().filter(pl.col("kind").is_in(single_kinds))
     if kinds is None:
         kinds = _streamed(judgments.lazy().select(pl.col("kind").unique()))["kind"].to_list()
