@@ -225,25 +225,24 @@ class JudgeSession:
 
     def results(self, calls: "list[Call] | Plan") -> pl.DataFrame:
         """These calls joined with the ledger's finished results (by key), in the judgments schema."""
-        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
-        ids = ids.unique(["key", "a_id", "b_id"], maintain_order=True)
-        done = self.ledger.frame(ids["key"].unique().to_list()).drop(PLAN_COLS[1:])
-        return ids.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(ORDER, nulls_last=True)
+        parts = list(self._result_slices(calls))
+        return pl.concat(parts) if parts else pl.DataFrame(schema=JUDGMENTS_SCHEMA)
 
     def write_results(self, calls: "list[Call] | Plan", path: Path) -> int:
-        """results() written to `path` a slice at a time: the ids are sorted first (about 100 bytes a
-        call), then each slice is joined with its ledger rows and written, so the texts (rationales,
-        raw replies) of a round are never all in memory (issue 22, item 5). Same rows, same order."""
-        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
-        ids = ids.unique(["key", "a_id", "b_id"]).sort(ORDER, nulls_last=True)
+        """results() written to `path` a slice at a time, so the texts (rationales, raw replies) of a
+        round are never all in memory (issue 22, item 5). Same rows, same order."""
+        return write_parquet_chunks(path, self._result_slices(calls), JUDGMENTS_SCHEMA)
 
-        def slices():
-            for i in range(0, ids.height, SLICE):
-                part = ids.slice(i, SLICE)
-                done = self.ledger.frame(part["key"].unique().to_list()).drop(PLAN_COLS[1:])
-                yield part.join(done, on="key", how="inner").sort(ORDER, nulls_last=True)
-
-        return write_parquet_chunks(path, slices(), JUDGMENTS_SCHEMA)
+    def _result_slices(self, calls: "list[Call] | Plan"):
+        """The calls' ids, distinct and in ORDER, SLICE at a time, each slice joined with its ledger
+        rows. The ids are held once (about 100 bytes a call) with an 8-byte sort index, never a sorted
+        copy: the plan is what still grows with a round's calls."""
+        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame().unique(["key", "a_id", "b_id"])
+        order = ids.select(pl.arg_sort_by(ORDER, nulls_last=True)).to_series()
+        for i in range(0, ids.height, SLICE):
+            part = ids[order.slice(i, SLICE)]
+            done = self.ledger.frame(part["key"].unique().to_list()).drop(PLAN_COLS[1:])
+            yield part.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(ORDER, nulls_last=True)
 
     def pending(self, calls: "list[Call] | Plan", judgments: pl.DataFrame) -> int:
         ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
@@ -290,8 +289,11 @@ class Plan:
             self.rows = []
 
     def frame(self) -> pl.DataFrame:
+        """Every call's identity as one frame; the chunks become that frame (kept once, not twice)."""
         self._flush()
-        return pl.concat(self.frames) if self.frames else pl.DataFrame(schema={k: pl.String for k in PLAN_COLS})
+        if len(self.frames) > 1:
+            self.frames = [pl.concat(self.frames)]
+        return self.frames[0] if self.frames else pl.DataFrame(schema={k: pl.String for k in PLAN_COLS})
 
     def __len__(self) -> int:
         self._flush()
