@@ -232,6 +232,8 @@ def _made_from(cfg, k: int, stage: str, memo: dict) -> dict:
         parts.update(_keys(cfg.evaluate, "evaluate"))
         if any(c.tests for c in cfg.evaluate.checks.values()):
             parts["sandbox"] = _sandbox(cfg)
+        if cfg.judge.backend == "verifier":  # v2: its scores decide the matchups (v1 left every one out)
+            parts["evaluate.verify_outcomes"] = _h("v2")
         parts.update(_keys(g, "generate", NOT_OUTPUT["generate"] | {"n", "shard_size", "max_prompts"}))
         parts.update(_judge_parts(cfg))
         parts.update(seed=_h(cfg.seed), model=_model(cfg.model))

@@ -32,9 +32,11 @@ CANDIDATES_SCHEMA = pl.Schema({
 })
 
 # One row per judge call outcome. `verdict` names a candidate, not a slot: "a" means a_id won,
-# whichever order it was shown in. Score calls (kind "score", "reward", "checklist") judge a_id
-# alone: verdict "score" (score and reward: score_a the score or reward) or "yes"/"no" (checklist:
-# score_a = P(yes), `item` the question), or "invalid"; b_id and order are null for them.
+# whichever order it was shown in. Score calls (SINGLE_KINDS) judge a_id alone: verdict "score"
+# (score, reward and verify: score_a the rubric score, the reward or the share of checks passed) or
+# "yes"/"no" (checklist: score_a = P(yes), `item` the question), or "invalid"; b_id and order are
+# null for them.
+SINGLE_KINDS = ("score", "checklist", "reward", "verify")  # the kinds of calls that judge one answer alone
 JUDGMENTS_SCHEMA = pl.Schema({
     "key": pl.String,
     "prompt_id": pl.String,

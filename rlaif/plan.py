@@ -128,7 +128,9 @@ def phases(cfg, kinds) -> int:
     calls, pairwise (rank.py rank_round); critique, revision, confirmations (revise.py)."""
     from rlaif.judge.session import score_kind
 
-    singles = {"score", "checklist", "reward"} & set(kinds)
+    from rlaif.io import SINGLE_KINDS
+
+    singles = set(SINGLE_KINDS) & set(kinds)
     rank = cfg.pairs.source != "revise"
     n = ("checklist_writer" in kinds) + bool(rank and singles) + bool(rank and "pairwise" in kinds
                                                                       and score_kind(cfg.judge) == "score")

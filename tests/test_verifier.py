@@ -196,3 +196,28 @@ print("best_effort:", load_judge(cfg.judge, None, sandbox=SandboxConfig(mode="be
     strict, best = out.stdout.strip().splitlines()
     assert strict.startswith("strict: sandbox: no network namespace can be made here"), strict
     assert best.startswith("best_effort: sandbox: no namespaces") and "network: none" in best, best
+
+
+def test_evaluation_judged_by_the_verifier_wins_on_the_share_of_tests_passed():
+    """Evaluate's score mode under judge.backend=verifier: each matchup is won by the answer that passed
+    the larger share of checks, equal shares tie; the win rate equals a count made here."""
+    import polars as pl
+
+    from rlaif.evaluate.metrics import score_outcomes, summarize_outcomes
+
+    rng = random.Random(5)
+    shares = [(rng.choice([0, 0.5, 1]), rng.choice([0, 0.5, 1])) for _ in range(40)]
+    rows = [{"key": f"k{i}{side}", "prompt_id": f"p{i}", "kind": "verify", "a_id": f"p{i}/{side}",
+             "verdict": "score", "score_a": s}
+            for i, pair in enumerate(shares) for side, s in zip(("pol", "sft"), pair)]
+    from rlaif.io import JUDGMENTS_SCHEMA
+
+    judgments = pl.DataFrame(rows, schema=JUDGMENTS_SCHEMA)
+    matchups = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(40)], "policy_id": [f"p{i}/pol" for i in range(40)],
+                             "sft_id": [f"p{i}/sft" for i in range(40)]})
+    tokens = {r["a_id"]: 10 for r in rows}
+    out = score_outcomes(judgments, matchups, tokens)
+    assert out.height == 40  # every matchup judged: none left out as if unscored
+    expect = sum(1.0 if p > s else 0.5 if p == s else 0.0 for p, s in shares) / 40
+    got = summarize_outcomes(out, [10] * 40, [10] * 40, n_boot=200)
+    assert got["win_rate"] == pytest.approx(expect) and got["n_comparisons"] == 40

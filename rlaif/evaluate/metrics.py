@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from rlaif.evaluate.lc_anchor import lc_anchored
+from rlaif.io import SINGLE_KINDS
 from rlaif.stats import lc_bootstrap_ci, length_feature, length_fit_status, logistic_fit
 
 C = pl.col
@@ -155,7 +156,7 @@ def position_consistency(judgments: pl.DataFrame) -> float | None:
 
 def invalid_rate(judgments: pl.DataFrame, single: bool = False) -> float | None:
     """Share of pairwise calls whose verdict could not be read; with `single`, of the calls that
-    judge one answer alone (score, checklist, reward)."""
+    judge one answer alone (SINGLE_KINDS: score, checklist, reward, verify)."""
     if single:
         one = judgments.filter(C("kind").is_in(SINGLE_KINDS))
         return float((one["verdict"] == "invalid").mean()) if one.height else None
@@ -190,15 +191,13 @@ def tie_outcomes(matchups: pl.DataFrame, tokens: Mapping[str, int] | pl.DataFram
             .select([C(k).cast(v) for k, v in OUTCOME_SCHEMA.items()]))
 
 
-SINGLE_KINDS = ("score", "checklist", "reward")
-
-
 def single_scores(judgments: pl.DataFrame, weights: Mapping[str, float] | None = None) -> pl.DataFrame:
-    """(a_id, score_a): each answer's score when judged alone. A rubric score or a reward is its
-    valid verdict's value; a checklist's is the weighted mean of P(yes) over its items (weights by
-    item id, default 1), and none if any item's answer is invalid: an answer is never ranked on
-    part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/pairs/filter.py)."""
-    plain = (judgments.filter(C("kind").is_in(["score", "reward"]) & (C("verdict") == "score")
+    """(a_id, score_a): each answer's score when judged alone. A rubric score, a reward or the
+    verifier's share of checks passed is its valid verdict's value; a checklist's is the weighted
+    mean of P(yes) over its items (weights by item id, default 1), and none if any item's answer is
+    invalid: an answer is never ranked on part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/pairs/filter.py)."""
+    plain_kinds = [k for k in SINGLE_KINDS if k != "checklist"]
+    plain = (judgments.filter(C("kind").is_in(plain_kinds) & (C("verdict") == "score")
                               & C("score_a").is_not_null())
              .group_by("a_id").agg(C("score_a").first()))
     w = C("item").replace_strict(dict(weights or {}), default=1.0, return_dtype=pl.Float64)

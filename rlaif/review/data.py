@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from rlaif.config import FilterConfig
 from rlaif.errors import UserError
-from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, read_parquet_checked, stable_id
+from rlaif.io import CANDIDATES_SCHEMA, JUDGMENTS_SCHEMA, PAIRS_SCHEMA, SINGLE_KINDS, read_parquet_checked, stable_id
 from rlaif.judge.pairs.compare import checklist_items, compare, scores
 from rlaif.judge.pairs.filter import FILTERS
 
@@ -143,7 +143,7 @@ def _sides(comp: pl.DataFrame, cands: pl.DataFrame, j: pl.DataFrame, items: dict
     weights = {i: it["weight"] for i, it in items.items()}
     sc = scores(j, weights).select(C("cid").alias("candidate_id"), "score").unique("candidate_id", keep="first")
     c = c.join(sc, on="candidate_id", how="left").join(_answers(j, items), on="candidate_id", how="left")
-    single = (j.filter(C("kind").is_in(["score", "reward", "checklist"])).group_by("prompt_id")
+    single = (j.filter(C("kind").is_in(SINGLE_KINDS)).group_by("prompt_id")
               .agg(single_kind=C("kind").first()))
     df = comp.rename({"chosen_id": "left_id", "rejected_id": "right_id"}).join(single, on="prompt_id", how="left")
     df = df.with_columns(judged_by=pl.when(C("source") == "pairwise").then(pl.lit("pairwise"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from rlaif.io import SINGLE_KINDS
+
 VERDICTS = ("a", "b", "tie")
 SCALE = 8.0  # rubric scores run 1..9, so the widest gap is 8
 C = pl.col
@@ -114,7 +116,7 @@ def compare(judgments: pl.DataFrame, weights: dict[str, float] | None = None) ->
     j = judgments.lazy()
     scores = _scores(j, weights)
     pw = j.filter(C("kind") == "pairwise")
-    score_prompts = (j.filter(C("kind").is_in(["score", "reward", "checklist", "verify"])).select("prompt_id").unique()
+    score_prompts = (j.filter(C("kind").is_in(SINGLE_KINDS)).select("prompt_id").unique()
                      .join(pw.select("prompt_id").unique(), on="prompt_id", how="anti"))
     cols = ["prompt_id", "chosen_id", "rejected_id", "outcome", "margin", "source"]
     out = pl.concat([_pairwise(pw, scores).select(cols), _score_only(scores, score_prompts).select(cols)])

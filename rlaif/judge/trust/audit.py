@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 
+from rlaif.io import SINGLE_KINDS
 from rlaif.judge.pairs.compare import checklist_weights, compare
 from rlaif.judge.templates import TEXT_KINDS
 from rlaif.stats import length_feature, length_fit_status, logistic_fit
@@ -131,11 +132,10 @@ def single_length_stats(judgments: pl.DataFrame | pl.LazyFrame, cands: pl.DataFr
     models): over each prompt's best- vs worst-scored candidate of unequal length, how often the
     longer one was scored higher. 0.5 is length-blind; near 1 the scorer rewards length.
     kinds: the judgments' kinds, when known (else looked up)."""
-    single_kinds = ["score", "checklist", "reward", "verify"]
-    single = judgments.lazy().filter(pl.col("kind").is_in(single_kinds))
+    single = judgments.lazy().filter(pl.col("kind").is_in(SINGLE_KINDS))
     if kinds is None:
         kinds = _streamed(judgments.lazy().select(pl.col("kind").unique()))["kind"].to_list()
-    if not set(kinds) & set(single_kinds):
+    if not set(kinds) & set(SINGLE_KINDS):
         return None
     comp = compare(single, weights).filter(pl.col("outcome") == "label").lazy()
     tokens = cands.lazy().select("candidate_id", "num_tokens")
