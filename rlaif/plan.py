@@ -44,6 +44,8 @@ def reply_cap(cfg, kind: str) -> tuple[float, str]:
     j = judge_of(cfg, kind)
     if kind == "reward":
         return 0, "a reward model writes nothing"
+    if kind == "verify":
+        return 0, "the verifier runs checks: no model writes"
     if j.backend == "openai" and j.model and start_style(j, j.model) == "reasoning":
         return j.max_completion_tokens, "judge.max_completion_tokens cap (reasoning: hidden tokens billed)"
     if kind in CRITIC_KINDS:

@@ -237,7 +237,8 @@ class JudgeSession:
         """The calls' ids, distinct and in ORDER, SLICE at a time, each slice joined with its ledger
         rows. The ids are held once (about 100 bytes a call) with an 8-byte sort index, never a sorted
         copy: the plan is what still grows with a round's calls."""
-        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame().unique(["key", "a_id", "b_id"])
+        ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame().unique(["key", "a_id", "b_id"], keep="first",
+                                                                                  maintain_order=True)
         order = ids.select(pl.arg_sort_by(ORDER, nulls_last=True)).to_series()
         for i in range(0, ids.height, SLICE):
             part = ids[order.slice(i, SLICE)]

@@ -123,7 +123,7 @@ def execute(source: str, stdin: str | None, limits, plan: Plan | None, command: 
             stdin_file.seek(0)
             if command is not None:
                 argv = [a.replace("{dir}", tmp).replace("{file}", PROGRAM) for a in command]
-                return _run(argv, tmp, env(tmp), stdin_file, limits, ())
+                return _run(argv, tmp, env(tmp), stdin_file, limits, (), ns=False)
             return _launch(tmp, stdin_file, limits, plan)
     finally:
         _remove(tmp)
@@ -137,14 +137,14 @@ def _launch(tmp: str, stdin_file, limits, plan: Plan) -> Raw:
     life_r, life_w = os.pipe()  # never written: its EOF tells the stub that rlaif died
     try:
         argv, inner = launch_argv(plan, limits, uid, status_w, life_r)
-        raw = _run(argv, tmp, env(inner or tmp), stdin_file, limits, (status_w, life_r))
+        raw = _run(argv, tmp, env(inner or tmp), stdin_file, limits, (status_w, life_r), ns=plan.ns)
     finally:
         os.close(life_w)
     _read_status(status_r, raw)
     return raw
 
 
-def _run(argv, cwd, environ, stdin_file, limits, pass_fds) -> Raw:
+def _run(argv, cwd, environ, stdin_file, limits, pass_fds, ns: bool) -> Raw:
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=environ, stdin=stdin_file, stdout=subprocess.PIPE,
@@ -156,20 +156,20 @@ def _run(argv, cwd, environ, stdin_file, limits, pass_fds) -> Raw:
             os.close(fd)
     deadline = start + limits.wall_s
     try:
-        out, err, killed = _collect(proc, deadline, limits.output_kb * 1024)
+        out, err, killed = _collect(proc, deadline, limits.output_kb * 1024, ns)
         if killed is None:  # the pipes closed; the program may still run (it closed its stdout)
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         killed = "timeout"
     finally:
-        _kill_group(proc)
+        _kill_group(proc, ns)
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
     return Raw(proc.returncode, out, err, time.monotonic() - start, killed)
 
 
-def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, str | None]:
+def _collect(proc: subprocess.Popen, deadline: float, cap: int, ns: bool) -> tuple[bytes, bytes, str | None]:
     """Read both pipes as they fill; stdout keeps its head, stderr its tail (the traceback)."""
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -194,28 +194,32 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
         if not ended and proc.poll() is not None:
             # Leftovers may hold the pipes: without a pid namespace one that left the process group
             # (setsid) outlives this kill, so give the pipes a second, then stop reading.
-            _kill_group(proc)
+            _kill_group(proc, ns)
             ended, deadline = True, min(deadline, time.monotonic() + 1.0)
     return bytes(out), bytes(err), None
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, ns: bool) -> None:
     """End the program and everything it started, and return only once they are gone.
 
-    The launcher's own child is the pid namespace's init (the stub). Killing it first makes the
+    With namespaces (`ns`), the launcher (`unshare --fork`) has one child, the pid namespace's init
+    (the stub). Killing it first makes the
     kernel kill the rest of the namespace, and the init's exit waits until every process in it is
     reaped (pid_namespaces(7)); `unshare`, waiting on it, exits only after that. Killing the whole
     group at once instead lets `unshare` exit while the namespace is still being emptied, so a
     fork bomb's processes could outlive this call by a moment. The group kill after it takes
     whatever remains (no namespace: the program's group)."""
-    if proc.poll() is None:
+    if proc.poll() is None and ns:
+        killed = False
         for pid in _children(proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
+                killed = True
             except (ProcessLookupError, PermissionError):
                 pass
         try:
-            proc.wait(timeout=5.0)
+            if killed:
+                proc.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             pass
     try:
