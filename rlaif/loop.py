@@ -30,7 +30,6 @@ from rlaif.credentials import SECRETS_ENV, secret_urls
 from rlaif import fingerprint as FP
 from rlaif.errors import UserError
 from rlaif.procs import run_child
-from rlaif.train.policy import adapter_dir, policy_base
 
 STAGES = ["generate", "judge", "train", "evaluate"]
 # Each stage's own marker, written last. The loop's judge step is judge + filter, so it is done when
@@ -67,10 +66,9 @@ def step(cfg: RunConfig, k: int, stage: str, memo: dict) -> tuple[str, str, str]
 
 
 def stage_overrides(cfg: RunConfig, k: int, stage: str) -> list[str]:
-    out = [f"round={k}"]
-    if stage == "generate" and k > 0:  # sample from last round's policy: its base plus its adapter
-        out += [f"generate.model={policy_base(cfg, k - 1)}", f"generate.adapter={adapter_dir(cfg, k - 1).resolve()}"]
-    return out
+    """The run's config, at round k: nothing else. A later round's generate finds last round's policy
+    itself (rlaif.train.policy.sampling_policy), so every process fingerprints one config."""
+    return [f"round={k}"]
 
 
 def stage_command(stage: str, config: Path, overrides: list[str]) -> list[str]:

@@ -43,7 +43,12 @@ def system_prompt(cfg: RunConfig, prompts: pl.DataFrame) -> pl.DataFrame:
 
 
 def run(cfg: RunConfig) -> Path:
-    """The `rlaif generate` stage for cfg.round: the whole plan, this worker's share of it, or D workers."""
+    """The `rlaif generate` stage for cfg.round: the whole plan, this worker's share of it, or D workers.
+    Round k > 0 samples from round k-1's policy unless generate.adapter names one (sampling_policy);
+    the D workers are given the round's config as it came, and find the same policy."""
+    from rlaif.train.policy import sampling_policy
+
+    given, cfg = cfg, sampling_policy(cfg)
     g = cfg.generate
     worker = parse_worker(g.worker)
     prompts, counts = read_prompts_counted(*prompt_args(cfg))  # generate.system_prompt applied there
@@ -61,7 +66,7 @@ def run(cfg: RunConfig) -> Path:
         print(f"generate: {reused} of {len(plan['shards'])} shards kept from the stale run in {rdir / 'stale'} "
               "(the same prompts, seeds and settings)")
     if g.data_parallel_size > 1:
-        run_workers(cfg, out, worker)
+        run_workers(given, out, worker)
     else:
         sample_missing(cfg, model, _chats(prompts), plan, tokens, out, worker=worker, tag=tag, desc="generate")
     left = missing(out, plan)

@@ -27,6 +27,21 @@ def policy_base(cfg: RunConfig, k: int) -> str:
     return str(ensure_merged(cfg, k - 1))
 
 
+def sampling_policy(cfg: RunConfig) -> RunConfig:
+    """The config the generate stage samples with: round k > 0 samples from round k-1's policy (its
+    base plus its adapter) unless generate.adapter names one, as the stage's fingerprint says
+    (rlaif/fingerprint.py). It is resolved here, in the stage, and never passed in as config keys:
+    keys set for round k would enter the fingerprints this process computes for earlier rounds
+    (a round 1 generate's "round 0 train"), which then differ from the loop's, and a finished run
+    would read as stale."""
+    k, g = cfg.round, cfg.generate
+    adapter = adapter_dir(cfg, k - 1) if k > 0 else None
+    if adapter is None or g.adapter or not adapter.is_dir():
+        return cfg
+    return cfg.model_copy(update={"generate": g.model_copy(update={"model": policy_base(cfg, k - 1),
+                                                                   "adapter": str(adapter.resolve())})})
+
+
 def ensure_merged(cfg: RunConfig, k: int) -> Path:
     """round-k/train/merged: round k's base + adapter as one model (built once, atomically)."""
     out = cfg.round_dir(k) / "train" / "merged"
