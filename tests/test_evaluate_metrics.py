@@ -297,7 +297,7 @@ def test_write_report_lc_interval_and_null_lc(tmp_path):
         (tmp_path / f"round-{k}" / "eval" / "eval.json").write_text(json.dumps(ev))
     text = write_report(tmp_path).read_text()
     first = text.splitlines()[0]
-    assert "(LC n/a: 2 decisive outcomes of 16, need 10, 95% CI 41–59%)" in first, first
+    assert "(95% CI 41–59%; LC n/a: 2 decisive outcomes of 16, need 10)" in first, first
     assert "| 55% (47–63) |" in text and "| n/a: 2 decisive outcomes of 16, need 10 |" in text
 
 

@@ -350,7 +350,7 @@ def test_report_shows_where_the_slope_came_from(tmp_path):
     (tmp_path / "round-0" / "eval" / "eval.json").write_text(json.dumps(refused))
     text = write_report(tmp_path).read_text()
     assert "no slope; LC n/a: evaluate.length_anchor_prompts=0" in text
-    assert "(LC n/a: evaluate.length_anchor_prompts=0" in text.splitlines()[0]
+    assert "; LC n/a: evaluate.length_anchor_prompts=0" in text.splitlines()[0]
 
 
 def before_after_table(seed: int = 0) -> str:

@@ -125,7 +125,7 @@ def test_first_line_says_what_moved_with_intervals(tmp_path):
            [_log(1, 0.5), _log(2, 1.0), _log(3, 1.0, -4.0, -6.5), _log(4, 1.0, -4.0, -6.5)])
     text = write_report(run).read_text()
     first = text.splitlines()[0]
-    assert first.startswith("Round 1 policy beats SFT: wins 66% (LC 60%, 95% CI 58–74%)"), first
+    assert first.startswith("Round 1 policy beats SFT: wins 66% (95% CI 58–74%; LC 60%)"), first
     assert "numbered_list 12% → 56% (rose +44 pts, 95% CI +25 to +62)" in first, first
     assert "short 88% → 72% (fell -16 pts, 95% CI -30 to -4)" in first, first
     assert "responses 15% longer than SFT's (230 vs 200 mean tokens)" in first, first

@@ -105,13 +105,14 @@ def _judged(rounds: list[dict]) -> str:
     # The interval, not the point estimate, decides the verb: a 58% that could be 49% has not helped yet.
     verb = ("beats" if lo is not None and lo > 0.5 else "loses to" if hi is not None and hi < 0.5
             else "is not clearly different from")
-    notes = ([f"LC {_pct(e['lc_win_rate'])}"] if _isnum(e.get("lc_win_rate")) else
-             [f"LC n/a: {e['lc_reason']}"] if isinstance(e.get("lc_reason"), str) else []) + \
-        ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else [])
+    # the win rate's interval right after it, then LC: "wins 57% (95% CI 52–64%; LC n/a: ...)"
+    notes = ([f"95% CI {100 * lo:.0f}–{100 * hi:.0f}%"] if lo is not None else []) + \
+        ([f"LC {_pct(e['lc_win_rate'])}"] if _isnum(e.get("lc_win_rate")) else
+         [f"LC n/a: {e['lc_reason']}"] if isinstance(e.get("lc_reason"), str) else [])
     text = f"Round {r['round']} policy {verb} SFT: wins {_pct(e['win_rate'])}"
     if e.get("judged_by_policy"):  # the first thing read: this figure is the policy's opinion of itself
         text = f"Judged by the policy itself (biased toward it): {text[0].lower()}{text[1:]}"
-    text += f" ({', '.join(notes)})" if notes else ""
+    text += f" ({'; '.join(notes)})" if notes else ""
     if moved := checks.headline(e.get("checks"), lead=False):  # what the judge does not decide: the user's own checks
         text += f"; {moved}"
     mp, ms = e.get("policy_mean_tokens"), e.get("sft_mean_tokens")
