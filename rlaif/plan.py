@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from rlaif import plan_calls as C
+from rlaif.io import SINGLE_KINDS
 from rlaif import plan_measure as M
 from rlaif.plan_tokens import TokenCounter, input_tokens
 
@@ -129,8 +130,6 @@ def phases(cfg, kinds) -> int:
     """Batch API round trips the judge stage waits for, in order: generated checklists, single-candidate
     calls, pairwise (rank.py rank_round); critique, revision, confirmations (revise.py)."""
     from rlaif.judge.session import score_kind
-
-    from rlaif.io import SINGLE_KINDS
 
     singles = set(SINGLE_KINDS) & set(kinds)
     rank = cfg.pairs.source != "revise"

@@ -195,7 +195,8 @@ def single_scores(judgments: pl.DataFrame, weights: Mapping[str, float] | None =
     """(a_id, score_a): each answer's score when judged alone. A rubric score, a reward or the
     verifier's share of checks passed is its valid verdict's value; a checklist's is the weighted
     mean of P(yes) over its items (weights by item id, default 1), and none if any item's answer is
-    invalid: an answer is never ranked on part of its checklist. The same rule the judge stage ranks candidates by (rlaif/judge/pairs/filter.py)."""
+    invalid: an answer is never ranked on part of its checklist. The same rule the judge stage ranks
+    candidates by (rlaif/judge/pairs/filter.py)."""
     plain_kinds = [k for k in SINGLE_KINDS if k != "checklist"]
     plain = (judgments.filter(C("kind").is_in(plain_kinds) & (C("verdict") == "score")
                               & C("score_a").is_not_null())

@@ -37,6 +37,11 @@ def scan_candidates(rdir: Path) -> pl.LazyFrame:
     return scan_parquet_checked(_shards(rdir), CANDIDATES_SCHEMA, "candidates")
 
 
+def chats_of(frame: pl.DataFrame) -> dict[str, list]:
+    """prompt_id -> its conversation (the messages column; a prompt's candidates share it)."""
+    return dict(zip(frame["prompt_id"], frame["messages"].to_list()))
+
+
 def with_shown_chars(frame: pl.DataFrame | pl.LazyFrame, max_history_tokens: int) -> pl.DataFrame | pl.LazyFrame:
     """frame with `shown`: len(conversation(shown)) of each row's messages, shown as the judge shows
     the chat, a multi-turn history cut to judge.max_history_tokens by fit_history (templates.py).

@@ -245,9 +245,12 @@ class JudgeSession:
             done = self.ledger.frame(part["key"].unique().to_list()).drop(PLAN_COLS[1:])
             yield part.join(done, on="key", how="inner").select(list(JUDGMENTS_SCHEMA)).sort(ORDER, nulls_last=True)
 
-    def pending(self, calls: "list[Call] | Plan", judgments: pl.DataFrame) -> int:
+    def pending(self, calls: "list[Call] | Plan", judgments: pl.DataFrame | pl.LazyFrame) -> int:
+        """Planned calls with no judgment; judgments: a frame, or a lazy scan whose keys are counted in
+        a streaming pass instead of held."""
         ids = (calls if isinstance(calls, Plan) else Plan(calls)).frame()
-        return ids["key"].n_unique() - judgments["key"].n_unique()
+        done = judgments.lazy().select(pl.col("key").n_unique()).collect(engine="streaming").item()
+        return ids["key"].n_unique() - done
 
 
 PLAN_COLS = ("key", "prompt_id", "kind", "a_id", "b_id", "order", "item")

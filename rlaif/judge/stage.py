@@ -29,7 +29,7 @@ from rlaif.io import JUDGMENTS_NARROW, JUDGMENTS_SCHEMA, scan_parquet_checked, w
 from rlaif.judge.candidates import scan_candidates, split_inputs
 from rlaif.judge.pairs.rank import rank_round
 from rlaif.judge.trust.audit import build_report, print_report
-from rlaif.judge.session import JudgeSession, Plan
+from rlaif.judge.session import JudgeSession
 
 MANIFEST = "judge.manifest.json"
 
@@ -92,7 +92,7 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     # the report streams the judgments without their texts; its few rationale samples are read lazily
     judgments = scan_parquet_checked(rdir / "judgments.parquet", JUDGMENTS_SCHEMA, "judgments", JUDGMENTS_NARROW)
     rows = judgments.select(pl.len()).collect().item()
-    report = build_report(cfg, judgments, cands, rejected, js, identical, pending(plan, judgments),
+    report = build_report(cfg, judgments, cands, rejected, js, identical, js.pending(plan, judgments),
                           texts=pl.scan_parquet(rdir / "judgments.parquet"))
     if js.runner.batch and js.runner.admission:
         report["batch_admission"] = admission_report(js.runner)
@@ -112,13 +112,6 @@ def run(cfg: RunConfig, submit_only: bool = False) -> Path:
     from rlaif.judge.pairs.filter import run as run_filter
 
     return run_filter(cfg)
-
-
-def pending(plan, judgments: pl.LazyFrame) -> int:
-    """Planned calls with no judgment (JudgeSession.pending, with the judgments' keys counted by a
-    streaming pass instead of held)."""
-    planned = (plan if isinstance(plan, Plan) else Plan(plan)).frame()["key"].n_unique()
-    return planned - judgments.select(pl.col("key").n_unique()).collect(engine="streaming").item()
 
 
 def submitted(js: JudgeSession, rdir: Path) -> Path:

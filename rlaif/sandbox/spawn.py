@@ -203,12 +203,11 @@ def _kill_group(proc: subprocess.Popen, ns: bool) -> None:
     """End the program and everything it started, and return only once they are gone.
 
     With namespaces (`ns`), the launcher (`unshare --fork`) has one child, the pid namespace's init
-    (the stub). Killing it first makes the
-    kernel kill the rest of the namespace, and the init's exit waits until every process in it is
-    reaped (pid_namespaces(7)); `unshare`, waiting on it, exits only after that. Killing the whole
-    group at once instead lets `unshare` exit while the namespace is still being emptied, so a
-    fork bomb's processes could outlive this call by a moment. The group kill after it takes
-    whatever remains (no namespace: the program's group)."""
+    (the stub). Killing it first makes the kernel kill the rest of the namespace, and the init's
+    exit waits until every process in it is reaped (pid_namespaces(7)); `unshare`, waiting on it,
+    exits only after that. Killing the whole group at once instead lets `unshare` exit while the
+    namespace is still being emptied, so a fork bomb's processes could outlive this call by a
+    moment. The group kill after it takes whatever remains (no namespace: the program's group)."""
     if proc.poll() is None and ns:
         killed = False
         for pid in _children(proc.pid):
@@ -217,11 +216,11 @@ def _kill_group(proc: subprocess.Popen, ns: bool) -> None:
                 killed = True
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            if killed:
+        if killed:
+            try:
                 proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            pass
+            except subprocess.TimeoutExpired:
+                pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -35,6 +35,7 @@ import polars as pl
 
 from rlaif.io import JUDGMENTS_SCHEMA, PAIRS_SCHEMA, stable_id, write_parquet
 from rlaif.judge import templates as T
+from rlaif.judge.candidates import chats_of
 from rlaif.judge.backends import Call
 from rlaif.judge.ledger import call_key
 
@@ -107,7 +108,7 @@ def pick(shares: dict[str, float], texts: dict[str, str]) -> tuple[str, str] | N
 def meta_round(js, cfg, accepted: pl.DataFrame, rdir: Path) -> dict:
     """Sample judgments, meta-judge them and write the judge pairs; returns the report's meta section."""
     spec = meta_spec(js.spec)
-    chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
+    chats = chats_of(accepted)
     jcalls = [c for r in accepted.iter_rows(named=True)
               for c in judgment_calls(js, cfg, spec, r["prompt_id"], chats[r["prompt_id"]],
                                       (r["candidate_id"], r["response"]))]

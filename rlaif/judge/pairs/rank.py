@@ -12,6 +12,7 @@ from itertools import combinations
 import polars as pl
 
 from rlaif.config import RunConfig
+from rlaif.judge.candidates import chats_of
 from rlaif.judge.session import JudgeSession, Plan, same_text, score_kind, send_all
 
 
@@ -28,19 +29,12 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.LazyFrame | pl.Dat
     phases that need a prompt's candidates together collect what they need: pairwise comparisons
     the round's rows, a checklist the prompts' chats, a tiebreak its tied prompts' rows."""
     j, lazy = cfg.judge, accepted.lazy()
-    whole: list[pl.DataFrame] = []
-
-    def collected() -> pl.DataFrame:
-        if not whole:
-            whole.append(accepted if isinstance(accepted, pl.DataFrame) else lazy.collect(engine="streaming"))
-        return whole[0]
-
     plan, scores, identical = Plan(), None, 0
     single = js.score_kind != "score" or j.mode == "score" or j.strategy == "best_vs_worst"
     if single:
         if js.score_kind == "checklist":  # items per prompt (generated ones included), then one call per item
-            acc = collected()
-            chats = dict(zip(acc["prompt_id"], acc["messages"].to_list()))
+            acc = _whole(accepted)
+            chats = chats_of(acc)
             items = js.checklists(chats)
             rows = acc.select("prompt_id", "candidate_id", "response").iter_rows()
             calls = (c for pid, cid, text in rows for c in js.single(pid, chats[pid], (cid, text), items[pid]))
@@ -60,15 +54,20 @@ def rank_round(js: JudgeSession, cfg: RunConfig, accepted: pl.LazyFrame | pl.Dat
             tied = sorted(tied_prompts(js.results(part)))  # every two distinct texts of a tied prompt, none by score
             rows = lazy.filter(pl.col("prompt_id").is_in(tied)).collect(engine="streaming")
             comps, identical = plan_pairs(cfg, rows, None)
-            tb, js.tiebreak = tiebreak_round(js, cfg, rows, set(tied), comps)
+            tb, js.tiebreak = tiebreak_round(js, cfg, rows, tied, comps)
             plan += tb
     if j.mode == "pairwise" and js.score_kind == "score" and not js.runner.stopped:
-        acc = collected()
-        chats = dict(zip(acc["prompt_id"], acc["messages"].to_list()))
+        acc = _whole(accepted)
+        chats = chats_of(acc)
         comps, identical = plan_pairs(cfg, acc, scores)
         pw = (c for pid, a, b in comps for c in js.pairwise(pid, chats[pid], a, b))
         plan += send_all(js, pw, "judge: pairwise", 2 * len(comps))
     return plan, identical
+
+
+def _whole(accepted: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """The accepted rows as one frame (checklist and pairwise rounds; never both in one round)."""
+    return accepted if isinstance(accepted, pl.DataFrame) else accepted.collect(engine="streaming")
 
 
 def plan_pairs(cfg: RunConfig, accepted: pl.DataFrame, scores: pl.DataFrame | None) -> tuple[list, int]:

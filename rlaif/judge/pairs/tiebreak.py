@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from rlaif.judge.candidates import chats_of
 from rlaif.judge.session import JudgeSession, Plan, send_all
 
 
@@ -23,7 +24,7 @@ def tied_prompts(scores: pl.DataFrame) -> set[str]:
     return set(g.filter((pl.col("n") >= 2) & (pl.col("hi") == pl.col("lo")))["prompt_id"].to_list())
 
 
-def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, tied: set[str], comps: list) -> tuple[Plan, dict]:
+def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, tied: list[str], comps: list) -> tuple[Plan, dict]:
     """Send the tiebreak judge's pairwise calls for the tied prompts' comparisons (rank.plan_pairs: every
     two distinct texts); (plan, stats). Its calls go to the verifier's ledger, keyed on the tiebreak
     judge's own identity."""
@@ -31,7 +32,7 @@ def tiebreak_round(js: JudgeSession, cfg, accepted: pl.DataFrame, tied: set[str]
     if not comps:
         return Plan(), stats
     tcfg = cfg.model_copy(update={"judge": cfg.judge.tiebreak})
-    chats = dict(zip(accepted["prompt_id"], accepted["messages"].to_list()))
+    chats = chats_of(accepted)
     with JudgeSession(tcfg, js.ledger.path) as tj:
         calls = (c for pid, a, b in comps for c in tj.pairwise(pid, chats[pid], a, b))
         plan = send_all(tj, calls, "judge: tiebreak (pairwise)", 2 * len(comps))

@@ -1,12 +1,9 @@
 """The bias audit: how far the judge's verdicts can be trusted, written to judge-report.json."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import polars as pl
 
-from rlaif.io import SINGLE_KINDS
+from rlaif.io import SINGLE_KINDS, stable_id
 from rlaif.judge.pairs.compare import checklist_weights, compare
 from rlaif.judge.templates import TEXT_KINDS
 from rlaif.stats import length_feature, length_fit_status, logistic_fit
@@ -121,7 +118,7 @@ def rubric_of(js) -> dict:
         return {"source": "reward model", "sha256": "-", "first_line": "its own learned reward"}
     if j.backend == "verifier":
         checks = {name: c.model_dump(exclude_defaults=True) for name, c in j.checks.items()}
-        return {"source": "judge.checks", "sha256": hashlib.sha256(json.dumps(checks, sort_keys=True).encode()).hexdigest()[:12],
+        return {"source": "judge.checks", "sha256": stable_id(checks, n=12),
                 "first_line": "checks run on each candidate: " + ", ".join(sorted(checks))}
     return js.spec.rubric_id
 
